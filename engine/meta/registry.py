@@ -1,0 +1,219 @@
+"""One pipeline for metadata: load → validate → merge overlays → freeze.
+
+``build_registry`` is pure: it takes documents (core files, published packages, runtime
+overlays read from the database by the caller) and returns an immutable :class:`Registry`, or
+raises :class:`MetadataInvalid` listing every error with its JSON pointer. It never touches the
+database, so a broken change is refused before anything is applied.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from ..errors import FieldError, MetadataInvalid, NotFound
+from ..fieldtypes import FIELD_TYPES
+from .schema import METADATA_DIR, pointer, schema_errors
+from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec
+
+__all__ = ["Registry", "build_registry", "load_core_documents", "merge_entity", "freeze_field", "RESERVED_NAMES"]
+
+RESERVED_NAMES = frozenset(SYSTEM_FIELDS) | {"ext", "tags", "owner_name", "filter", "cursor"}
+
+
+@dataclass(frozen=True)
+class Registry:
+    version: int
+    entities: Mapping[str, EntitySpec]
+    documents: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def entity(self, name: str) -> EntitySpec:
+        spec = self.entities.get(name)
+        if spec is None:
+            raise NotFound(f"unknown entity {name!r}")
+        return spec
+
+    def referrers(self, entity: str) -> list[tuple[EntitySpec, FieldSpec]]:
+        """Fields of any entity that reference ``entity`` (used by delete checks and the 360 view)."""
+        return [
+            (spec, f)
+            for spec in self.entities.values()
+            for f in spec.live_fields
+            if f.type == "ref" and f.ref == entity
+        ]
+
+
+def load_core_documents(directory: Path | None = None) -> list[dict[str, Any]]:
+    directory = directory or METADATA_DIR / "core"
+    docs = []
+    for path in sorted(directory.glob("*.json")):
+        docs.append(json.loads(path.read_text(encoding="utf-8")))
+    return docs
+
+
+def merge_entity(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Overlay on top of base: fields merge by name (attributes override), other keys replace."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if key in ("kind", "name"):
+            continue
+        if key == "fields":
+            by_name = {f["name"]: i for i, f in enumerate(merged.get("fields", []))}
+            for f in value:
+                if f["name"] in by_name:
+                    merged["fields"][by_name[f["name"]]].update(copy.deepcopy(f))
+                else:
+                    merged.setdefault("fields", []).append(copy.deepcopy(f))
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def build_registry(
+    documents: Iterable[Mapping[str, Any]],
+    overlays: Iterable[Mapping[str, Any]] = (),
+    version: int = 0,
+) -> Registry:
+    errors: list[dict[str, str]] = []
+    entity_docs: dict[str, dict[str, Any]] = {}
+    for doc in documents:
+        kind = doc.get("kind") if isinstance(doc, Mapping) else None
+        if kind != "entity":
+            continue  # other kinds (roles, reports, …) are frozen by their own modules
+        where = f"/entity/{doc.get('name')}"
+        errs = schema_errors("entity", doc)
+        errors += [{"pointer": where + e["pointer"], "message": e["message"]} for e in errs]
+        if not errs:
+            name = doc["name"]
+            entity_docs[name] = merge_entity(entity_docs[name], doc) if name in entity_docs else copy.deepcopy(dict(doc))
+    for ov in overlays:
+        where = f"/overlay/{ov.get('name')}"
+        errs = schema_errors("entity_overlay", ov)
+        errors += [{"pointer": where + e["pointer"], "message": e["message"]} for e in errs]
+        if errs:
+            continue
+        if ov["name"] not in entity_docs:
+            errors.append({"pointer": where + "/name", "message": "overlay for an unknown entity"})
+            continue
+        entity_docs[ov["name"]] = merge_entity(entity_docs[ov["name"]], ov)
+    if errors:
+        raise MetadataInvalid("metadata is invalid", errors)
+
+    entities: dict[str, EntitySpec] = {}
+    for name, doc in entity_docs.items():
+        spec, errs = _freeze_entity(doc)
+        errors += [{"pointer": f"/entity/{name}" + e["pointer"], "message": e["message"]} for e in errs]
+        entities[name] = spec
+    errors += _cross_checks(entities)
+    if errors:
+        raise MetadataInvalid("metadata is invalid", errors)
+    return Registry(
+        version=version,
+        entities=MappingProxyType(entities),
+        documents=MappingProxyType({n: MappingProxyType(d) for n, d in entity_docs.items()}),
+    )
+
+
+def freeze_field(doc: Mapping[str, Any]) -> FieldSpec:
+    kwargs: dict[str, Any] = {k: v for k, v in doc.items() if k in FieldSpec.__dataclass_fields__}
+    kwargs["label"] = Label.of(doc["label"], doc["name"])
+    if "help" in doc:
+        kwargs["help"] = Label.of(doc["help"])
+    kwargs["options"] = tuple(Option(o["value"], Label.of(o["label"], o["value"])) for o in doc.get("options", ()))
+    return FieldSpec(**kwargs)
+
+
+def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, str]]]:
+    errors: list[dict[str, str]] = []
+    fields: list[FieldSpec] = []
+    seen: set[str] = set()
+    for i, fdoc in enumerate(doc.get("fields", [])):
+        at = pointer(("fields", i))
+        f = freeze_field(fdoc)
+        if f.name in seen:
+            errors.append({"pointer": at + "/name", "message": f"duplicate field {f.name!r}"})
+        if f.name in RESERVED_NAMES:
+            errors.append({"pointer": at + "/name", "message": f"{f.name!r} is a reserved name"})
+        seen.add(f.name)
+        errors += [{"pointer": at + e["pointer"], "message": e["message"]} for e in _field_errors(f)]
+        fields.append(f)
+    by_name = {f.name: f for f in fields}
+
+    def known(ref: str, where: str, *, sortable: bool = False) -> None:
+        bare = ref.lstrip("-")
+        f = by_name.get(bare)
+        if bare != "id" and (f is None or f.archived):
+            errors.append({"pointer": where, "message": f"unknown field {bare!r}"})
+        elif sortable and f is not None and not f.sortable:
+            errors.append({"pointer": where, "message": f"field {bare!r} cannot be sorted or indexed"})
+
+    owner = doc.get("owner_field")
+    if owner and (owner not in by_name or by_name[owner].type != "user"):
+        errors.append({"pointer": "/owner_field", "message": "must name a field of type user"})
+    if doc.get("title_field"):
+        known(doc["title_field"], "/title_field")
+    for i, s in enumerate(doc.get("default_sort", [])):
+        known(s, pointer(("default_sort", i)), sortable=True)
+    for key in ("search_fields", "list_columns"):
+        for i, s in enumerate(doc.get(key, [])):
+            known(s, pointer((key, i)))
+    for i, idx in enumerate(doc.get("indexes", [])):
+        for j, s in enumerate(idx):
+            known(s, pointer(("indexes", i, j)), sortable=True)
+            f = by_name.get(s.lstrip("-"))
+            if f is not None and f.storage != "column":
+                errors.append({"pointer": pointer(("indexes", i, j)), "message": "only column-stored fields can be indexed"})
+    spec = EntitySpec(
+        name=doc["name"],
+        label=Label.of(doc["label"], doc["name"]),
+        fields=tuple(fields),
+        relations=tuple(
+            RelationSpec(r["name"], r["entity"], r["field"], Label.of(r["label"], r["name"])) for r in doc.get("relations", ())
+        ),
+        owner_field=owner,
+        title_field=doc.get("title_field"),
+        default_sort=tuple(doc.get("default_sort") or ("-id",)),
+        search_fields=tuple(doc.get("search_fields", ())),
+        list_columns=tuple(c for c in doc.get("list_columns", ()) if c in by_name and not by_name[c].archived),
+        indexes=tuple(tuple(i) for i in doc.get("indexes", ())),
+        icon=doc.get("icon"),
+    )
+    return spec, errors
+
+
+def _field_errors(f: FieldSpec) -> list[dict[str, str]]:
+    errors = []
+    if (f.unique or f.searchable or f.indexed) and f.storage != "column":
+        errors.append({"pointer": "/storage", "message": "unique, searchable and indexed fields must use column storage"})
+    if f.unique and f.encrypted and not f.searchable:
+        errors.append({"pointer": "/searchable", "message": "a unique encrypted field needs a blind index (searchable: true)"})
+    if f.type == "decimal" and f.scale > f.precision:
+        errors.append({"pointer": "/scale", "message": "scale cannot exceed precision"})
+    if f.type in ("multi_enum", "text") and (f.unique or f.indexed):
+        errors.append({"pointer": "/unique", "message": f"{f.type} fields cannot be unique or indexed"})
+    if f.default is not None:
+        try:
+            FIELD_TYPES[f.type].normalize(f.default, f)
+        except FieldError as exc:
+            errors.append({"pointer": "/default", "message": f"default {exc}"})
+    return errors
+
+
+def _cross_checks(entities: Mapping[str, EntitySpec]) -> list[dict[str, str]]:
+    errors = []
+    for name, spec in entities.items():
+        for i, f in enumerate(spec.fields):
+            if f.type == "ref" and f.ref not in entities:
+                errors.append({"pointer": f"/entity/{name}/fields/{i}/ref", "message": f"unknown entity {f.ref!r}"})
+        for i, rel in enumerate(spec.relations):
+            target = entities.get(rel.entity)
+            tf = target.field(rel.field) if target else None
+            if tf is None or tf.type != "ref" or tf.ref != name:
+                errors.append(
+                    {"pointer": f"/entity/{name}/relations/{i}", "message": f"{rel.entity}.{rel.field} is not a reference to {name}"}
+                )
+    return errors

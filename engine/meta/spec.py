@@ -1,0 +1,126 @@
+"""Immutable specs: what the registry freezes metadata documents into.
+
+Everything downstream (store, services, web) reads these, never raw JSON documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+__all__ = ["Label", "Option", "FieldSpec", "RelationSpec", "EntitySpec", "SYSTEM_FIELDS"]
+
+# Columns every entity table has; never declared in metadata, never writable by clients.
+SYSTEM_FIELDS = ("id", "version", "created_at", "updated_at", "created_by", "updated_by")
+
+
+@dataclass(frozen=True)
+class Label:
+    zh: str
+    en: str
+
+    @classmethod
+    def of(cls, doc: Mapping[str, str] | None, fallback: str = "") -> "Label":
+        doc = doc or {}
+        return cls(zh=doc.get("zh", fallback), en=doc.get("en", fallback))
+
+    def get(self, lang: str) -> str:
+        return self.en if lang == "en" else self.zh
+
+    def to_dict(self) -> dict[str, str]:
+        return {"zh": self.zh, "en": self.en}
+
+
+@dataclass(frozen=True)
+class Option:
+    value: str
+    label: Label
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    label: Label
+    required: bool = False
+    unique: bool = False
+    default: Any = None
+    min: Any = None
+    max: Any = None
+    max_length: int | None = None
+    pattern: str | None = None
+    options: tuple[Option, ...] = ()
+    ref: str | None = None
+    precision: int = 20
+    scale: int = 2
+    sensitivity: str | None = None
+    encrypted: bool = False
+    searchable: bool = False
+    mask: str | None = None
+    storage: str = "column"
+    indexed: bool = False
+    archived: bool = False
+    readonly: bool = False
+    help: Label | None = None
+
+    @property
+    def option_values(self) -> frozenset[str]:
+        return frozenset(o.value for o in self.options)
+
+    @property
+    def blind_index_column(self) -> str:
+        return f"{self.name}__bi"
+
+    @property
+    def sortable(self) -> bool:
+        return not self.encrypted and self.type not in ("multi_enum", "text")
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    """A one-to-many relation: records of ``entity`` whose ``field`` points at this one."""
+
+    name: str
+    entity: str
+    field: str
+    label: Label
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    name: str
+    label: Label
+    fields: tuple[FieldSpec, ...]
+    relations: tuple[RelationSpec, ...] = ()
+    owner_field: str | None = None
+    title_field: str | None = None
+    default_sort: tuple[str, ...] = ("-id",)
+    search_fields: tuple[str, ...] = ()
+    list_columns: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+    icon: str | None = None
+    _by_name: Mapping[str, FieldSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", MappingProxyType({f.name: f for f in self.fields}))
+
+    @property
+    def table_name(self) -> str:
+        return f"e_{self.name}"
+
+    def field(self, name: str) -> FieldSpec | None:
+        """The field called ``name`` (archived ones included), or None."""
+        return self._by_name.get(name)
+
+    @property
+    def live_fields(self) -> tuple[FieldSpec, ...]:
+        return tuple(f for f in self.fields if not f.archived)
+
+    def live_field(self, name: str) -> FieldSpec | None:
+        f = self._by_name.get(name)
+        return None if f is None or f.archived else f
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.list_columns or tuple(f.name for f in self.live_fields[:6])

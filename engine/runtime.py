@@ -1,0 +1,175 @@
+"""The engine's process-wide state: database engine, current metadata snapshot, keys, ids.
+
+Several worker processes run at once. The registry carries a version stamp in
+``fincrm_state``; :meth:`Runtime.snapshot` compares it with the cached one (one primary-key
+read) and rebuilds the registry and tables when another process moved it. A snapshot is
+immutable, so one request sees one consistent version of the metadata from start to end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, func, insert, select, update
+
+from .meta.registry import Registry, build_registry, load_core_documents
+from .security.crypto import Keyring
+from .store.ids import IdAllocator
+from .store.migrate import apply_migration, plan_migration
+from .store.tables import build_entity_tables, meta_doc_table, state_table, system_metadata
+
+__all__ = ["Runtime", "Snapshot", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
+
+META_VERSION = "meta_version"
+POLICY_VERSION = "policy_version"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    kw.setdefault("pool_size", 10)
+    kw.setdefault("max_overflow", 20)
+    kw.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kw)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    registry: Registry
+    metadata: MetaData
+    tables: Mapping[str, Table]
+
+    @property
+    def version(self) -> int:
+        return self.registry.version
+
+
+@dataclass
+class Runtime:
+    url: str
+    keyring: Keyring
+    secret: bytes
+    core_documents: list[dict[str, Any]] = field(default_factory=load_core_documents)
+    engine: Engine = field(init=False)
+    ids: IdAllocator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(self.url)
+        self.ids = IdAllocator(self.engine)
+        self.dialect = self.engine.dialect.name
+        self._lock = threading.RLock()
+        self._snapshot: Snapshot | None = None
+
+    # ------------------------------------------------------------------ schema and metadata
+
+    def init_schema(self) -> list[dict[str, str]]:
+        """Create system tables, then every entity table/column/index the specs need."""
+        system_metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for key in (META_VERSION, POLICY_VERSION):
+                if conn.execute(select(state_table.c.value).where(state_table.c.key == key)).first() is None:
+                    conn.execute(insert(state_table).values(key=key, value=1))
+        snap = self._load()
+        with self.engine.begin() as conn:
+            steps = plan_migration(conn, snap.metadata)
+            apply_migration(conn, snap.metadata, steps)
+        with self._lock:
+            self._snapshot = snap
+        return [s.to_dict() for s in steps]
+
+    def runtime_documents(self, conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Newest version of each runtime document: (entity docs, entity overlays)."""
+        d = meta_doc_table
+        newest = (
+            select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name).subquery()
+        )
+        rows = conn.execute(
+            select(d.c.kind, d.c.doc)
+            .join(newest, (d.c.kind == newest.c.kind) & (d.c.name == newest.c.name) & (d.c.version == newest.c.v))
+            .order_by(d.c.id)
+        ).all()
+        entities = [dict(r.doc) for r in rows if r.kind == "entity"]
+        overlays = [dict(r.doc) for r in rows if r.kind == "entity_overlay"]
+        return entities, overlays
+
+    def build(self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None) -> Snapshot:
+        """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored."""
+        entities, overlays = self.runtime_documents(conn)
+        docs = self.core_documents + entities
+        for doc in extra or []:
+            if doc["kind"] == "entity":
+                docs = [d for d in docs if not (d.get("name") == doc["name"] and d in entities)] + [doc]
+            else:
+                overlays = [o for o in overlays if o["name"] != doc["name"]] + [doc]
+        registry = build_registry(docs, overlays, version)
+        md, tables = build_entity_tables(registry)
+        return Snapshot(registry, md, tables)
+
+    def _load(self) -> Snapshot:
+        with self.engine.connect() as conn:
+            version = self._stamp(conn, META_VERSION)
+            return self.build(conn, version)
+
+    def _stamp(self, conn: Connection, key: str) -> int:
+        return int(conn.execute(select(state_table.c.value).where(state_table.c.key == key)).scalar_one())
+
+    def stamps(self) -> tuple[int, int]:
+        """(metadata version, policy version), in one primary-key read."""
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(select(state_table.c.key, state_table.c.value)).all())
+        return int(rows[META_VERSION]), int(rows[POLICY_VERSION])
+
+    def snapshot(self, meta_version: int | None = None) -> Snapshot:
+        """The current snapshot, reloaded first if another process moved the stamp."""
+        snap = self._snapshot
+        if meta_version is None:
+            meta_version = self.stamps()[0]
+        if snap is None or snap.version != meta_version:
+            with self._lock:
+                snap = self._snapshot
+                if snap is None or snap.version != meta_version:
+                    snap = self._load()
+                    self._snapshot = snap
+        return snap
+
+    def cached_snapshot(self) -> Snapshot:
+        return self._snapshot if self._snapshot is not None else self.snapshot()
+
+    def bump(self, conn: Connection, key: str = META_VERSION) -> int:
+        """Move a stamp inside the caller's transaction; returns the new value."""
+        return int(
+            conn.execute(
+                update(state_table).where(state_table.c.key == key).values(value=state_table.c.value + 1).returning(state_table.c.value)
+            ).scalar_one()
+        )
+
+    def install(self, snap: Snapshot) -> None:
+        with self._lock:
+            if self._snapshot is None or snap.version >= self._snapshot.version:
+                self._snapshot = snap
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def data_dir_key_file(data_dir: Path) -> Path:
+    return data_dir / "master.key"

@@ -1,0 +1,30 @@
+"""Who is acting: a user resolved once per request (from a per-process cache), or the system."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Principal", "SYSTEM"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int | None
+    username: str
+    roles: frozenset[str] = frozenset()
+    branch_id: int | None = None
+    team: str | None = None
+    supervisor_id: int | None = None
+    is_system: bool = False
+
+    @classmethod
+    def system(cls, purpose: str) -> "Principal":
+        """Background work (demo seeding, jobs, imports run by IT) acts as an explicit principal."""
+        return cls(user_id=None, username=f"system:{purpose}", roles=frozenset({"system"}), is_system=True)
+
+    @property
+    def actor(self) -> str:
+        return self.username
+
+
+SYSTEM = Principal.system("engine")

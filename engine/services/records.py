@@ -1,0 +1,595 @@
+"""The records service: every read and write of entity records goes through here.
+
+Pages, the REST API, exports, reports and jobs all call it; none reads tables directly. Each
+call: spec from the snapshot → authorizer decision → scope clause + compiled filter → one SQL
+statement → rows → field policy (decrypt / mask / hide) → plain dicts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy import Connection, Table, and_, delete, false, func, insert, or_, select, true, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..errors import (
+    BadRequest,
+    Conflict,
+    DuplicateValue,
+    FieldError,
+    Forbidden,
+    NotFound,
+    ValidationFailed,
+    VersionConflict,
+)
+from ..fieldtypes import FIELD_TYPES, normalize_text
+from ..meta.spec import SYSTEM_FIELDS, EntitySpec, FieldSpec
+from ..runtime import Runtime, Snapshot, utcnow
+from ..security.authz import Authorizer, FieldAccess, effective_mask
+from ..security.crypto import aad_for
+from ..security.masking import mask_value
+from ..security.principal import Principal
+from ..store.query import (
+    FilterContext,
+    compile_filter,
+    decode_cursor,
+    encode_cursor,
+    field_expr,
+    keyset_clause,
+    order_by,
+    parse_sort,
+)
+from ..store.tables import tag_table
+
+__all__ = ["RecordService", "Page", "MAX_LIMIT", "COUNT_CAP"]
+
+MAX_LIMIT = 500
+COUNT_CAP = 10_000
+TAG_MAX = 64
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+    count: int | None = None
+    count_capped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"items": self.items, "next_cursor": self.next_cursor}
+        if self.count is not None:
+            out["count"] = self.count
+            out["count_capped"] = self.count_capped
+        return out
+
+
+class _View:
+    """Per-call view of one entity for one principal: field policy, table, filter context."""
+
+    def __init__(self, svc: "RecordService", principal: Principal, snap: Snapshot, entity: str) -> None:
+        self.spec: EntitySpec = snap.registry.entity(entity)
+        self.table: Table = snap.tables[entity]
+        self.snap = snap
+        self.principal = principal
+        self.svc = svc
+        self.access: dict[str, FieldAccess] = {
+            f.name: svc.authz.field_access(principal, self.spec, f) for f in self.spec.live_fields
+        }
+
+    def visible(self) -> list[FieldSpec]:
+        return [f for f in self.spec.live_fields if self.access[f.name].view != "hidden"]
+
+    def clear(self, f: FieldSpec) -> bool:
+        return f.name in ("id", "version", "created_at", "updated_at", "created_by", "updated_by") or (
+            f.name in self.access and self.access[f.name].clear
+        )
+
+    def filter_context(self) -> FilterContext:
+        return FilterContext(
+            spec=self.spec,
+            table=self.table,
+            dialect=self.svc.runtime.dialect,
+            blind_index=self.svc.blind_index_for(self.spec),
+            readable=self.clear,
+        )
+
+    def scope(self, action: str = "read") -> ColumnElement[bool]:
+        clause = self.svc.authz.scope_clause(self.principal, self.spec, self.table, action)
+        return clause if clause is not None else true()
+
+
+class RecordService:
+    def __init__(self, runtime: Runtime, authz: Authorizer) -> None:
+        self.runtime = runtime
+        self.authz = authz
+
+    # ------------------------------------------------------------------ helpers
+
+    def view(self, principal: Principal, entity: str, snap: Snapshot | None = None) -> _View:
+        return _View(self, principal, snap or self.runtime.cached_snapshot(), entity)
+
+    def blind_index_for(self, spec: EntitySpec) -> Any:
+        keyring = self.runtime.keyring
+
+        def index(f: FieldSpec, normalized: Any) -> str:
+            return keyring.blind_index(f"{spec.name}.{f.name}", str(normalized))
+
+        return index
+
+    def _columns_for(self, v: _View, names: Iterable[str] | None) -> list[FieldSpec]:
+        fields = v.visible()
+        if names is None:
+            return fields
+        wanted = []
+        by_name = {f.name: f for f in fields}
+        for n in names:
+            if n in ("id", "version"):
+                continue
+            if n not in by_name:
+                raise BadRequest(f"unknown field {n[:64]!r} in fields", [{"field": n[:64], "message": "unknown field"}])
+            wanted.append(by_name[n])
+        return wanted
+
+    def _select_columns(self, v: _View, fields: list[FieldSpec]) -> list[Any]:
+        t = v.table
+        cols: list[Any] = [t.c.id, t.c.version, t.c.created_at, t.c.updated_at, t.c.created_by, t.c.updated_by]
+        if any(f.storage == "json" for f in fields):
+            cols.append(t.c.ext)
+        cols += [t.c[f.name] for f in fields if f.storage == "column"]
+        return cols
+
+    def serialize(self, v: _View, row: Mapping[str, Any], fields: list[FieldSpec]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": row["id"],
+            "version": row["version"],
+            "created_at": FIELD_TYPES["datetime"].dump(row["created_at"]),
+            "updated_at": FIELD_TYPES["datetime"].dump(row["updated_at"]),
+        }
+        ext = row.get("ext") or {}
+        for f in fields:
+            if f.storage == "column":
+                raw = row[f.name]
+            else:
+                raw = ext.get(f.name)
+            if f.encrypted and raw is not None:
+                raw = self.runtime.keyring.decrypt(raw, aad_for(v.table.name, f.name, row["id"]))
+            value = FIELD_TYPES[f.type].dump(raw) if f.storage == "column" and not f.encrypted else raw
+            if v.access[f.name].view == "masked":
+                value = mask_value(effective_mask(f), value)
+            out[f.name] = value
+        return out
+
+    # ------------------------------------------------------------------ reads
+
+    def list(
+        self,
+        principal: Principal,
+        entity: str,
+        *,
+        filter: Any = None,
+        sort: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        fields: Iterable[str] | None = None,
+        q: str | None = None,
+        with_count: bool = False,
+        snap: Snapshot | None = None,
+    ) -> Page:
+        self.authz.require(principal, entity, "read")
+        v = self.view(principal, entity, snap)
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", [{"field": "limit", "message": "out of range"}])
+        keys = parse_sort(v.spec, sort, v.clear)
+        where = and_(v.scope(), self.where(v, filter, q))
+        out_fields = self._columns_for(v, fields)
+        sort_fields = [k.field for k in keys if k.field.name not in ("id", "created_at", "updated_at")]
+        select_fields = out_fields + [f for f in sort_fields if f not in out_fields]
+        stmt = select(*self._select_columns(v, select_fields)).where(where)
+        if cursor:
+            stmt = stmt.where(keyset_clause(v.table, keys, decode_cursor(self.runtime.secret, keys, cursor)))
+        stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
+        with self.runtime.engine.connect() as conn:
+            rows = [r._mapping for r in conn.execute(stmt)]
+            count = capped = None
+            if with_count:
+                sub = select(v.table.c.id).where(where).limit(COUNT_CAP + 1).subquery()
+                count = int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
+                capped = count > COUNT_CAP
+                count = min(count, COUNT_CAP)
+        next_cursor = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            last = rows[-1]
+            values = [self._sort_value(v, k.field, last) for k in keys]
+            next_cursor = encode_cursor(self.runtime.secret, keys, values)
+        items = [self.serialize(v, r, out_fields) for r in rows]
+        return Page(items, next_cursor, count, bool(capped))
+
+    def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[str, Any]) -> Any:
+        if f.storage == "column" or f.name in ("id", "created_at", "updated_at"):
+            return row[f.name]
+        raw = (row.get("ext") or {}).get(f.name)
+        if raw is None:
+            return None
+        return FIELD_TYPES[f.type].normalize(raw, f)
+
+    def where(self, v: _View, filter: Any, q: str | None) -> ColumnElement[bool]:
+        clause: ColumnElement[bool] = true()
+        if filter is not None:
+            clause = compile_filter(v.filter_context(), filter)
+        if q:
+            clause = and_(clause, self._search(v, q))
+        return clause
+
+    def _search(self, v: _View, q: str) -> ColumnElement[bool]:
+        """Quick search over the entity's search fields (exact match for encrypted ones)."""
+        text = normalize_text(q) if isinstance(q, str) else ""
+        if not text or len(text) > 100:
+            raise BadRequest("search text must be 1 to 100 characters", [{"field": "q", "message": "bad length"}])
+        parts: list[ColumnElement[bool]] = []
+        ctx = v.filter_context()
+        for name in v.spec.search_fields:
+            f = v.spec.live_field(name)
+            if f is None or not v.clear(f):
+                continue
+            op = "eq" if f.encrypted or "contains" not in FIELD_TYPES[f.type].ops else "contains"
+            try:
+                parts.append(compile_filter(ctx, {"field": name, "op": op, "value": text}))
+            except BadRequest:
+                continue  # e.g. text that is no valid ID number cannot match the ID field
+        return or_(*parts) if parts else false()
+
+    def get(self, principal: Principal, entity: str, record_id: Any, *, fields: Iterable[str] | None = None) -> dict[str, Any]:
+        self.authz.require(principal, entity, "read")
+        v = self.view(principal, entity)
+        rid = _record_id(record_id)
+        out_fields = self._columns_for(v, fields)
+        stmt = select(*self._select_columns(v, out_fields)).where(v.table.c.id == rid, v.scope())
+        with self.runtime.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"{entity} {rid} not found")
+        return self.serialize(v, row._mapping, out_fields)
+
+    def count(self, principal: Principal, entity: str, *, filter: Any = None) -> int:
+        self.authz.require(principal, entity, "read")
+        v = self.view(principal, entity)
+        stmt = select(func.count()).select_from(v.table).where(v.scope(), self.where(v, filter, None))
+        with self.runtime.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def related(self, principal: Principal, entity: str, record_id: Any, *, limit: int = 20) -> dict[str, Any]:
+        """Customer-360: the record plus up to ``limit`` records of each relation it declares.
+
+        One query for the record and one per relation, each carrying the reader's row scope.
+        """
+        record = self.get(principal, entity, record_id)
+        spec = self.runtime.cached_snapshot().registry.entity(entity)
+        out: dict[str, Any] = {"record": record, "relations": {}}
+        for rel in spec.relations:
+            try:
+                self.authz.require(principal, rel.entity, "read")
+            except Forbidden:
+                continue  # relations the reader may not see are left out, not an error
+            page = self.list(principal, rel.entity, filter={"field": rel.field, "op": "eq", "value": record["id"]}, limit=limit)
+            out["relations"][rel.name] = {
+                "entity": rel.entity,
+                "label": rel.label.to_dict(),
+                "items": page.items,
+                "more": page.next_cursor is not None,
+            }
+        return out
+
+    # ------------------------------------------------------------------ writes
+
+    def _check_payload(self, v: _View, payload: Any, *, creating: bool) -> dict[str, Any]:
+        """Normalised values of the payload's fields; every problem collected, fields named."""
+        if not isinstance(payload, dict):
+            raise BadRequest("the request body must be a JSON object")
+        errors: list[dict[str, str]] = []
+        values: dict[str, Any] = {}
+        for key, raw in payload.items():
+            if key == "version":
+                continue
+            if key in SYSTEM_FIELDS or key == "ext":
+                errors.append({"field": key, "message": "is read-only"})
+                continue
+            f = v.spec.live_field(key) if isinstance(key, str) else None
+            if f is None:
+                errors.append({"field": str(key)[:64], "message": "unknown field"})
+                continue
+            acc = v.access[f.name]
+            if not acc.write or f.readonly:
+                errors.append({"field": key, "message": "is read-only for you"})
+                continue
+            if raw is None or (isinstance(raw, str) and not raw.strip()):
+                if f.required:
+                    errors.append({"field": key, "message": "is required"})
+                else:
+                    values[key] = None
+                continue
+            try:
+                values[key] = FIELD_TYPES[f.type].normalize(raw, f)
+            except FieldError as exc:
+                errors.append({"field": key, "message": str(exc)})
+            else:
+                if values[key] is None and f.required:
+                    errors.append({"field": key, "message": "is required"})
+        if creating:
+            for f in v.spec.live_fields:
+                if f.name in payload:
+                    continue
+                if f.default is not None:
+                    values[f.name] = FIELD_TYPES[f.type].normalize(f.default, f)
+                elif f.name == v.spec.owner_field and v.principal.user_id is not None:
+                    values[f.name] = v.principal.user_id
+                elif f.required:
+                    errors.append({"field": f.name, "message": "is required"})
+        if errors:
+            raise ValidationFailed(f"{v.spec.name} has invalid values", errors)
+        return values
+
+    def _check_refs(self, conn: Connection, v: _View, values: Mapping[str, Any]) -> None:
+        errors = []
+        for name, value in values.items():
+            f = v.spec.live_field(name)
+            if f is None or f.type != "ref" or value is None:
+                continue
+            target = v.snap.tables[f.ref or ""]
+            found = conn.execute(select(target.c.id).where(target.c.id == value)).first()
+            if found is None:
+                errors.append({"field": name, "message": f"no {f.ref} with this id"})
+        if errors:
+            raise ValidationFailed(f"{v.spec.name} refers to missing records", errors)
+
+    def _check_unique(self, conn: Connection, v: _View, values: Mapping[str, Any], exclude_id: int | None) -> None:
+        errors = []
+        for name, value in values.items():
+            f = v.spec.live_field(name)
+            if f is None or not f.unique or value is None:
+                continue
+            if f.encrypted:
+                cond = v.table.c[f.blind_index_column] == self.blind_index_for(v.spec)(f, value)
+            else:
+                cond = v.table.c[f.name] == value
+            stmt = select(v.table.c.id).where(cond)
+            if exclude_id is not None:
+                stmt = stmt.where(v.table.c.id != exclude_id)
+            if conn.execute(stmt.limit(1)).first() is not None:
+                errors.append({"field": name, "message": "is already used by another record"})
+        if errors:
+            raise DuplicateValue(f"{v.spec.name} would duplicate a unique value", errors)
+
+    def _row_values(self, v: _View, rid: int, values: Mapping[str, Any], ext: dict[str, Any] | None) -> dict[str, Any]:
+        """Column values (with encryption and blind indexes) and the merged ``ext`` document."""
+        row: dict[str, Any] = {}
+        new_ext = dict(ext or {})
+        ext_touched = False
+        for name, value in values.items():
+            f = v.spec.field(name)
+            assert f is not None
+            stored: Any = value
+            if f.encrypted and value is not None:
+                dumped = FIELD_TYPES[f.type].dump(value)
+                stored = self.runtime.keyring.encrypt(str(dumped), aad_for(v.table.name, f.name, rid))
+            if f.storage == "column":
+                row[f.name] = stored
+                if f.encrypted and f.searchable:
+                    row[f.blind_index_column] = None if value is None else self.blind_index_for(v.spec)(f, value)
+            else:
+                ext_touched = True
+                dumped = stored if f.encrypted else FIELD_TYPES[f.type].dump(value)
+                if dumped is None:
+                    new_ext.pop(f.name, None)
+                else:
+                    new_ext[f.name] = dumped
+        if ext_touched or ext is None:
+            row["ext"] = new_ext
+        return row
+
+    def create(self, principal: Principal, entity: str, payload: Any) -> dict[str, Any]:
+        self.authz.require(principal, entity, "create")
+        v = self.view(principal, entity)
+        values = self._check_payload(v, payload, creating=True)
+        (rid,) = self.runtime.ids.take(entity, 1)  # before the write transaction (SQLite: one writer)
+        now = utcnow()
+        row = self._row_values(v, rid, values, None)
+        row.update(id=rid, version=1, created_at=now, updated_at=now, created_by=principal.user_id, updated_by=principal.user_id)
+        with self._write(v) as conn:
+            self._check_refs(conn, v, values)
+            self._check_unique(conn, v, values, None)
+            conn.execute(insert(v.table).values(**row))
+            self._ensure_in_scope(conn, v, rid, "create")
+        return self.get(principal, entity, rid)
+
+    def update(self, principal: Principal, entity: str, record_id: Any, payload: Any, expected_version: Any) -> dict[str, Any]:
+        self.authz.require(principal, entity, "update")
+        v = self.view(principal, entity)
+        rid = _record_id(record_id)
+        if not isinstance(payload, dict):
+            raise BadRequest("the request body must be a JSON object")
+        version = expected_version if expected_version is not None else payload.get("version")
+        version = _version(version)
+        values = self._check_payload(v, payload, creating=False)
+        with self._write(v) as conn:
+            current = conn.execute(
+                select(v.table.c.id, v.table.c.version, v.table.c.ext).where(v.table.c.id == rid, v.scope("update"))
+            ).first()
+            if current is None:
+                raise NotFound(f"{entity} {rid} not found")
+            if current.version != version:
+                raise VersionConflict(
+                    f"{entity} {rid} was changed by someone else (version {current.version}); reload and try again",
+                    [{"field": "version", "message": f"current version is {current.version}"}],
+                )
+            self._check_refs(conn, v, values)
+            self._check_unique(conn, v, values, rid)
+            row = self._row_values(v, rid, values, current.ext)
+            row.update(version=version + 1, updated_at=utcnow(), updated_by=principal.user_id)
+            res = conn.execute(update(v.table).where(v.table.c.id == rid, v.table.c.version == version).values(**row))
+            if res.rowcount != 1:
+                raise VersionConflict(f"{entity} {rid} was changed by someone else; reload and try again")
+            self._ensure_in_scope(conn, v, rid, "update")
+        return self.get(principal, entity, rid)
+
+    def delete(self, principal: Principal, entity: str, record_id: Any, expected_version: Any = None) -> None:
+        self.authz.require(principal, entity, "delete")
+        v = self.view(principal, entity)
+        rid = _record_id(record_id)
+        with self._write(v) as conn:
+            current = conn.execute(select(v.table.c.version).where(v.table.c.id == rid, v.scope("delete"))).first()
+            if current is None:
+                raise NotFound(f"{entity} {rid} not found")
+            if expected_version is not None and current.version != _version(expected_version):
+                raise VersionConflict(f"{entity} {rid} was changed by someone else; reload and try again")
+            for spec, f in v.snap.registry.referrers(entity):
+                t = v.snap.tables[spec.name]
+                used = conn.execute(select(t.c.id).where(field_expr(t, f) == rid).limit(1)).first()
+                if used is not None and not (spec.name == entity and used.id == rid):
+                    raise Conflict(
+                        f"{entity} {rid} is still referenced by {spec.name} records",
+                        [{"field": f"{spec.name}.{f.name}", "message": "still references this record"}],
+                    )
+            conn.execute(delete(tag_table).where(tag_table.c.entity == entity, tag_table.c.record_id == rid))
+            conn.execute(delete(v.table).where(v.table.c.id == rid))
+
+    def _ensure_in_scope(self, conn: Connection, v: _View, rid: int, action: str) -> None:
+        """A write must not move a record out of the writer's own scope (owner/branch hijack)."""
+        clause = self.authz.scope_clause(v.principal, v.spec, v.table, action)
+        if clause is None:
+            return
+        if conn.execute(select(v.table.c.id).where(v.table.c.id == rid, clause)).first() is None:
+            raise Forbidden(f"this change would put the {v.spec.name} outside what you may {action}")
+
+    class _WriteTx:
+        def __init__(self, svc: "RecordService", v: _View) -> None:
+            self.svc, self.v = svc, v
+
+        def __enter__(self) -> Connection:
+            self.cm = self.svc.runtime.engine.begin()
+            return self.cm.__enter__()
+
+        def __exit__(self, et: Any, ev: Any, tb: Any) -> Any:
+            try:
+                return self.cm.__exit__(et, ev, tb)
+            except IntegrityError as exc:
+                raise _integrity_error(self.v, exc) from exc
+
+    def _write(self, v: _View) -> "_WriteTx":
+        return self._WriteTx(self, v)
+
+    # ------------------------------------------------------------------ tags
+
+    def tags(self, principal: Principal, entity: str, record_id: Any) -> list[str]:
+        self.get(principal, entity, record_id, fields=[])
+        t = tag_table
+        with self.runtime.engine.connect() as conn:
+            return [r.tag for r in conn.execute(select(t.c.tag).where(t.c.entity == entity, t.c.record_id == int(record_id)).order_by(t.c.tag))]
+
+    def add_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any, source: str = "manual") -> list[str]:
+        self.authz.require(principal, entity, "update")
+        self.get(principal, entity, record_id, fields=[])
+        name = _tag_name(tag)
+        t = tag_table
+        with self.runtime.engine.begin() as conn:
+            exists_ = conn.execute(
+                select(t.c.tag).where(t.c.entity == entity, t.c.record_id == int(record_id), t.c.tag == name)
+            ).first()
+            if exists_ is None:
+                conn.execute(
+                    insert(t).values(entity=entity, record_id=int(record_id), tag=name, source=source, created_at=utcnow(), created_by=principal.user_id)
+                )
+        return self.tags(principal, entity, record_id)
+
+    def remove_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any) -> list[str]:
+        self.authz.require(principal, entity, "update")
+        self.get(principal, entity, record_id, fields=[])
+        name = _tag_name(tag)
+        t = tag_table
+        with self.runtime.engine.begin() as conn:
+            res = conn.execute(delete(t).where(t.c.entity == entity, t.c.record_id == int(record_id), t.c.tag == name))
+        if res.rowcount == 0:
+            raise NotFound(f"tag {name!r} is not on this record")
+        return self.tags(principal, entity, record_id)
+
+    # ------------------------------------------------------------------ bulk
+
+    def bulk_insert(self, principal: Principal, entity: str, payloads: list[dict[str, Any]], conn: Connection | None = None) -> list[int]:
+        """Validate every payload, then insert them all in one executemany (all or nothing)."""
+        self.authz.require(principal, entity, "create")
+        v = self.view(principal, entity)
+        errors = []
+        checked = []
+        for i, payload in enumerate(payloads):
+            try:
+                checked.append(self._check_payload(v, payload, creating=True))
+            except ValidationFailed as exc:
+                errors += [{"field": f"[{i}].{d['field']}", "message": d["message"]} for d in exc.details]
+        if errors:
+            raise ValidationFailed(f"{len(errors)} invalid values in {entity} rows", errors[:200])
+        ids = self.runtime.ids.take(entity, len(checked))
+        now = utcnow()
+        rows = []
+        columns: set[str] = set()
+        for rid, values in zip(ids, checked):
+            row = self._row_values(v, rid, values, None)
+            row.update(id=rid, version=1, created_at=now, updated_at=now, created_by=principal.user_id, updated_by=principal.user_id)
+            rows.append(row)
+            columns |= row.keys()
+        for row in rows:  # executemany needs the same keys in every row
+            for c in columns:
+                row.setdefault(c, None)
+        if rows:
+            if conn is not None:
+                conn.execute(insert(v.table), rows)
+            else:
+                with self._write(v) as c:
+                    c.execute(insert(v.table), rows)
+        return ids
+
+
+def _record_id(value: Any) -> int:
+    try:
+        rid = int(value)
+    except (TypeError, ValueError):
+        raise NotFound("record not found") from None
+    if rid <= 0 or rid > 2**63 - 1:
+        raise NotFound("record not found")
+    return rid
+
+
+def _version(value: Any) -> int:
+    if value is None:
+        raise BadRequest(
+            "updates need the record's version: send If-Match: <version> or \"version\" in the body",
+            [{"field": "version", "message": "is required"}],
+        )
+    try:
+        text = str(value).strip().strip('"').removeprefix("W/").strip('"')
+        n = int(text)
+    except (TypeError, ValueError):
+        raise BadRequest("version must be an integer", [{"field": "version", "message": "must be an integer"}]) from None
+    return n
+
+
+def _tag_name(tag: Any) -> str:
+    try:
+        name = normalize_text(tag)
+    except FieldError:
+        name = ""
+    if not name or len(name) > TAG_MAX:
+        raise ValidationFailed("invalid tag", [{"field": "tag", "message": f"must be 1 to {TAG_MAX} characters"}])
+    return name
+
+
+def _integrity_error(v: _View, exc: IntegrityError) -> Exception:
+    text = str(exc.orig).lower()
+    for f in v.spec.fields:
+        if f.unique and (f.name in text or f.blind_index_column in text) and ("unique" in text or "duplicate" in text):
+            return DuplicateValue(f"{v.spec.name} would duplicate a unique value", [{"field": f.name, "message": "is already used by another record"}])
+    if "foreign key" in text:
+        return Conflict(f"{v.spec.name} change conflicts with related records")
+    return Conflict(f"{v.spec.name} change conflicts with existing data")

@@ -1,0 +1,334 @@
+"""Compile the filter DSL, sorts and keyset cursors into SQLAlchemy Core expressions.
+
+One language for list filters, report filters, auto-tags, triggers and row conditions::
+
+    {"and": [{"field": "aum", "op": "gte", "value": "1000000"},
+             {"field": "tags", "op": "has", "value": "vip"}]}
+
+Every field becomes an expression through :func:`field_expr`, wherever it is stored (a column
+or the ``ext`` JSON document), and every value is checked by its field type before it is bound
+as a parameter. Nothing from the request is ever spliced into SQL text.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from sqlalchemy import Table, and_, exists, false, func, literal_column, not_, or_, select, true, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
+
+from ..errors import FieldError, InvalidCursor, InvalidFilter, InvalidSort
+from ..fieldtypes import ENCRYPTED_OPS, FIELD_TYPES, LOCAL_TZ, normalize_text
+from ..meta.spec import EntitySpec, FieldSpec, Label
+from .tables import tag_table
+
+__all__ = [
+    "field_expr",
+    "FilterContext",
+    "compile_filter",
+    "SortKey",
+    "parse_sort",
+    "order_by",
+    "keyset_clause",
+    "encode_cursor",
+    "decode_cursor",
+    "SYSTEM_SORT",
+]
+
+MAX_NODES = 200
+MAX_DEPTH = 10
+MAX_IN = 1000
+
+_SYS = {
+    "id": FieldSpec("id", "integer", Label("编号", "ID")),
+    "version": FieldSpec("version", "integer", Label("版本", "Version")),
+    "created_at": FieldSpec("created_at", "datetime", Label("创建时间", "Created at")),
+    "updated_at": FieldSpec("updated_at", "datetime", Label("更新时间", "Updated at")),
+    "created_by": FieldSpec("created_by", "user", Label("创建人", "Created by")),
+    "updated_by": FieldSpec("updated_by", "user", Label("更新人", "Updated by")),
+}
+SYSTEM_SORT = frozenset({"id", "created_at", "updated_at"})
+
+
+def field_expr(table: Table, f: FieldSpec) -> ColumnElement[Any]:
+    """The SQL expression that reads field ``f``, whether it is a column or lives in ``ext``."""
+    if f.storage == "column" or f.name in _SYS:
+        return table.c[f.name]
+    element = table.c.ext[f.name]
+    kind = FIELD_TYPES[f.type].json_as
+    if kind == "integer":
+        return element.as_integer()
+    if kind == "numeric":
+        return element.as_numeric(f.precision, f.scale)
+    if kind == "boolean":
+        return element.as_boolean()
+    if kind == "json":
+        return element
+    return element.as_string()
+
+
+@dataclass(frozen=True)
+class FilterContext:
+    """What compiling a filter needs besides the spec: the table and dialect, plus hooks."""
+
+    spec: EntitySpec
+    table: Table
+    dialect: str
+    blind_index: Callable[[FieldSpec, Any], str]
+    readable: Callable[[FieldSpec], bool] = lambda f: True  # field-level read permission
+    today: Callable[[], dt.date] = lambda: dt.datetime.now(LOCAL_TZ).date()
+
+
+def _field(ctx: FilterContext, name: Any, where: str) -> FieldSpec:
+    if not isinstance(name, str):
+        raise InvalidFilter("a filter condition needs a field name", [{"field": where, "message": "missing field"}])
+    f = _SYS.get(name) or ctx.spec.live_field(name)
+    if name == "tags":
+        return FieldSpec("tags", "multi_enum", Label("标签", "Tags"))
+    if f is None or not ctx.readable(f):
+        raise InvalidFilter(f"unknown field {name!r}", [{"field": name, "message": "unknown field"}])
+    return f
+
+
+def _value(f: FieldSpec, value: Any) -> Any:
+    if f.name == "tags":
+        if not isinstance(value, str) or not value.strip():
+            raise FieldError("must be a tag name")
+        return normalize_text(value)
+    if f.type == "multi_enum":
+        return FIELD_TYPES["enum"].normalize(value, f)
+    v = FIELD_TYPES[f.type].normalize(value, f)
+    if v is None:
+        raise FieldError("must not be empty")
+    return v
+
+
+def _bindable(f: FieldSpec, v: Any) -> Any:
+    """JSON-stored dates are ISO strings: compare them as strings, which sort the same way."""
+    if f.storage == "json" and f.name not in _SYS and f.type in ("date", "datetime"):
+        return FIELD_TYPES[f.type].dump(v)
+    return v
+
+
+def compile_filter(ctx: FilterContext, node: Any) -> ColumnElement[bool]:
+    """The WHERE clause for a filter document; raises :class:`InvalidFilter` naming the field."""
+    counter = [0]
+    return _compile(ctx, node, 0, counter)
+
+
+def _compile(ctx: FilterContext, node: Any, depth: int, counter: list[int]) -> ColumnElement[bool]:
+    counter[0] += 1
+    if counter[0] > MAX_NODES or depth > MAX_DEPTH:
+        raise InvalidFilter("filter is too large or too deeply nested")
+    if not isinstance(node, dict):
+        raise InvalidFilter("a filter must be a JSON object")
+    if not node:
+        return true()
+    if set(node) & {"and", "or", "not"}:
+        if len(node) != 1:
+            raise InvalidFilter("'and', 'or' and 'not' must stand alone in their object")
+        (key, value), = node.items()
+        if key == "not":
+            return not_(_compile(ctx, value, depth + 1, counter))
+        if not isinstance(value, list):
+            raise InvalidFilter(f"'{key}' takes a list of conditions")
+        parts = [_compile(ctx, v, depth + 1, counter) for v in value]
+        if not parts:
+            return true() if key == "and" else false()
+        return and_(*parts) if key == "and" else or_(*parts)
+    unknown = set(node) - {"field", "op", "value"}
+    if unknown:
+        raise InvalidFilter(f"unknown key {sorted(unknown)[0]!r} in filter condition")
+    f = _field(ctx, node.get("field"), "filter")
+    op = node.get("op", "eq")
+    try:
+        return _condition(ctx, f, op, node.get("value"))
+    except FieldError as exc:
+        raise InvalidFilter(f"invalid value for {f.name!r}", [{"field": f.name, "message": str(exc)}]) from exc
+
+
+def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnElement[bool]:
+    allowed = frozenset({"has"}) if f.name == "tags" else FIELD_TYPES[f.type].ops
+    if f.encrypted:
+        allowed = ENCRYPTED_OPS if f.searchable else frozenset({"is_null"})
+    if not isinstance(op, str) or op not in allowed:
+        raise InvalidFilter(f"operator {op!r} is not allowed on {f.name!r}", [{"field": f.name, "message": f"allowed: {sorted(allowed)}"}])
+
+    if op == "is_null":
+        if not isinstance(value, bool):
+            raise FieldError("is_null takes true or false")
+        col = ctx.table.c[f.name] if f.encrypted else field_expr(ctx.table, f)
+        return col.is_(None) if value else col.is_not(None)
+    if f.name == "tags":
+        t = tag_table
+        return exists().where(t.c.entity == ctx.spec.name, t.c.record_id == ctx.table.c.id, t.c.tag == _value(f, value))
+    if op == "has":
+        return _json_has(ctx, f, _value(f, value))
+    if f.encrypted:
+        col = ctx.table.c[f.blind_index_column]
+        if op == "eq":
+            return col == ctx.blind_index(f, _value(f, value))
+        return col.in_([ctx.blind_index(f, _value(f, v)) for v in _list(value)])
+
+    expr = field_expr(ctx.table, f)
+    if op in ("contains", "startswith"):
+        text = normalize_text(value) if isinstance(value, str) else None
+        if not text:
+            raise FieldError(f"{op} takes a non-empty string")
+        if len(text) > 200:
+            raise FieldError("search text is too long")
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%" if op == "contains" else f"{escaped}%"
+        return expr.ilike(pattern, escape="\\") if op == "contains" else expr.like(pattern, escape="\\")
+    if op in ("in", "nin"):
+        values = [_bindable(f, _value(f, v)) for v in _list(value)]
+        cond = expr.in_(values)
+        return cond if op == "in" else or_(not_(cond), expr.is_(None))
+    if op == "between":
+        if not isinstance(value, list) or len(value) != 2:
+            raise FieldError("between takes [low, high]")
+        lo, hi = (_bindable(f, _value(f, v)) for v in value)
+        return expr.between(lo, hi)
+    if op in ("within_next_days", "within_last_days"):
+        days = FIELD_TYPES["integer"].normalize(value, FieldSpec("days", "integer", Label("", ""), min=0, max=36500))
+        start, end = _window(ctx, f, op, days)
+        return expr.between(_bindable(f, start), _bindable(f, end))
+    v = _bindable(f, _value(f, value))
+    if op == "eq":
+        return expr == v
+    if op == "ne":
+        return or_(expr != v, expr.is_(None))
+    return {"lt": expr < v, "lte": expr <= v, "gt": expr > v, "gte": expr >= v}[op]
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise FieldError("takes a non-empty list")
+    if len(value) > MAX_IN:
+        raise FieldError(f"takes at most {MAX_IN} values")
+    return value
+
+
+def _window(ctx: FilterContext, f: FieldSpec, op: str, days: int) -> tuple[Any, Any]:
+    today = ctx.today()
+    if f.type == "date":
+        delta = dt.timedelta(days=days)
+        return (today, today + delta) if op == "within_next_days" else (today - delta, today)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    delta = dt.timedelta(days=days)
+    return (now, now + delta) if op == "within_next_days" else (now - delta, now)
+
+
+def _json_has(ctx: FilterContext, f: FieldSpec, value: str) -> ColumnElement[bool]:
+    expr = ctx.table.c[f.name] if f.storage == "column" else ctx.table.c.ext[f.name]
+    if ctx.dialect == "postgresql":
+        return type_coerce(expr, JSONB).contains([value])
+    each = func.json_each(expr).table_valued("value")
+    return exists(select(literal_column("1")).select_from(each).where(each.c.value == value))
+
+
+# ---------------------------------------------------------------- sorting and keyset paging
+
+
+@dataclass(frozen=True)
+class SortKey:
+    field: FieldSpec
+    desc: bool
+
+
+def parse_sort(spec: EntitySpec, text: str | None, readable: Callable[[FieldSpec], bool] = lambda f: True) -> list[SortKey]:
+    """``-aum,name`` → sort keys, always ending with ``id`` so the order is total."""
+    raw = [p.strip() for p in text.split(",")] if text else list(spec.default_sort)
+    if len(raw) > 5:
+        raise InvalidSort("at most 5 sort keys")
+    keys: list[SortKey] = []
+    for part in raw:
+        desc = part.startswith("-")
+        name = part[1:] if desc else part.lstrip("+")
+        f = _SYS.get(name) if name in SYSTEM_SORT else spec.live_field(name)
+        if f is None or not readable(f):
+            raise InvalidSort(f"unknown sort field {name[:64]!r}", [{"field": name[:64], "message": "unknown field"}])
+        if not f.sortable:
+            raise InvalidSort(f"field {name!r} cannot be sorted", [{"field": name, "message": "not sortable"}])
+        if any(k.field.name == name for k in keys):
+            raise InvalidSort(f"field {name!r} is listed twice", [{"field": name, "message": "duplicate"}])
+        keys.append(SortKey(f, desc))
+    if not any(k.field.name == "id" for k in keys):
+        keys.append(SortKey(_SYS["id"], keys[-1].desc if keys and keys[-1].field.name == "id" else False))
+    return keys
+
+
+def order_by(table: Table, keys: list[SortKey]) -> list[Any]:
+    out = []
+    for k in keys:
+        expr = field_expr(table, k.field)
+        out.append(expr.desc().nulls_last() if k.desc else expr.asc().nulls_last())
+    return out
+
+
+def keyset_clause(table: Table, keys: list[SortKey], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the (NULLS LAST) order of ``keys``.
+
+    For a required leading key an extra bound (``aum <= v``) lets the database seek the index
+    instead of scanning from the start.
+    """
+    branches = []
+    for i, key in enumerate(keys):
+        expr = field_expr(table, key.field)
+        eqs = []
+        for prev, pv in zip(keys[:i], values[:i]):
+            pe = field_expr(table, prev.field)
+            eqs.append(pe.is_(None) if pv is None else pe == pv)
+        v = values[i]
+        if v is None:
+            continue  # nothing sorts after NULL in this key (nulls last)
+        after = or_(expr < v, expr.is_(None)) if key.desc else or_(expr > v, expr.is_(None))
+        if key.field.required or key.field.name in _SYS:
+            after = expr < v if key.desc else expr > v
+        branches.append(and_(*eqs, after))
+    clause = or_(*branches) if branches else false()
+    first, v0 = keys[0], values[0]
+    if v0 is not None and (first.field.required or first.field.name in _SYS):
+        e0 = field_expr(table, first.field)
+        clause = and_(e0 <= v0 if first.desc else e0 >= v0, clause)
+    return clause
+
+
+def _signature(keys: list[SortKey]) -> str:
+    return ",".join(("-" if k.desc else "") + k.field.name for k in keys)
+
+
+def encode_cursor(secret: bytes, keys: list[SortKey], values: list[Any]) -> str:
+    dumped = [FIELD_TYPES[k.field.type].dump(v) if v is not None else None for k, v in zip(keys, values)]
+    body = json.dumps([_signature(keys), dumped], separators=(",", ":"), default=str).encode()
+    sig = hmac.new(secret, body, hashlib.sha256).digest()[:12]
+    return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + base64.urlsafe_b64encode(sig).decode().rstrip("=")
+
+
+def decode_cursor(secret: bytes, keys: list[SortKey], cursor: str) -> list[Any]:
+    try:
+        body_b64, sig_b64 = cursor.split(".", 1)
+        body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))
+        sig = base64.urlsafe_b64decode(sig_b64 + "=" * (-len(sig_b64) % 4))
+    except (ValueError, UnicodeError) as exc:
+        raise InvalidCursor("cursor is not valid") from exc
+    if not hmac.compare_digest(sig, hmac.new(secret, body, hashlib.sha256).digest()[:12]):
+        raise InvalidCursor("cursor is not valid")
+    signature, dumped = json.loads(body)
+    if signature != _signature(keys) or len(dumped) != len(keys):
+        raise InvalidCursor("cursor belongs to a different sort order")
+    values = []
+    for k, v in zip(keys, dumped):
+        if v is None:
+            values.append(None)
+            continue
+        typed = FIELD_TYPES[k.field.type].normalize(v, replace(k.field, min=None, max=None))
+        values.append(_bindable(k.field, typed))
+    return values
