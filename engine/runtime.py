@@ -114,12 +114,10 @@ class Runtime:
     def build(self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None) -> Snapshot:
         """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored."""
         entities, overlays = self.runtime_documents(conn)
-        docs = self.core_documents + entities
         for doc in extra or []:
-            if doc["kind"] == "entity":
-                docs = [d for d in docs if not (d.get("name") == doc["name"] and d in entities)] + [doc]
-            else:
-                overlays = [o for o in overlays if o["name"] != doc["name"]] + [doc]
+            stored = entities if doc["kind"] == "entity" else overlays
+            stored[:] = [d for d in stored if d["name"] != doc["name"]] + [doc]
+        docs = self.core_documents + entities
         registry = build_registry(docs, overlays, version)
         md, tables = build_entity_tables(registry)
         return Snapshot(registry, md, tables)

@@ -99,7 +99,9 @@ def build_registry(
         if ov["name"] not in entity_docs:
             errors.append({"pointer": where + "/name", "message": "overlay for an unknown entity"})
             continue
-        entity_docs[ov["name"]] = merge_entity(entity_docs[ov["name"]], ov)
+        merged = merge_entity(entity_docs[ov["name"]], ov)
+        errors += [{"pointer": where + e["pointer"], "message": e["message"]} for e in schema_errors("entity", merged)]
+        entity_docs[ov["name"]] = merged
     if errors:
         raise MetadataInvalid("metadata is invalid", errors)
 
@@ -143,10 +145,10 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         fields.append(f)
     by_name = {f.name: f for f in fields}
 
-    def known(ref: str, where: str, *, sortable: bool = False) -> None:
+    def known(ref: str, where: str, *, sortable: bool = False, archived_ok: bool = False) -> None:
         bare = ref.lstrip("-")
         f = by_name.get(bare)
-        if bare != "id" and (f is None or f.archived):
+        if bare != "id" and (f is None or (f.archived and not archived_ok)):
             errors.append({"pointer": where, "message": f"unknown field {bare!r}"})
         elif sortable and f is not None and not f.sortable:
             errors.append({"pointer": where, "message": f"field {bare!r} cannot be sorted or indexed"})
@@ -158,9 +160,9 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         known(doc["title_field"], "/title_field")
     for i, s in enumerate(doc.get("default_sort", [])):
         known(s, pointer(("default_sort", i)), sortable=True)
-    for key in ("search_fields", "list_columns"):
+    for key in ("search_fields", "list_columns"):  # archived fields simply drop out of these
         for i, s in enumerate(doc.get(key, [])):
-            known(s, pointer((key, i)))
+            known(s, pointer((key, i)), archived_ok=True)
     for i, idx in enumerate(doc.get("indexes", [])):
         for j, s in enumerate(idx):
             known(s, pointer(("indexes", i, j)), sortable=True)
@@ -177,7 +179,7 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         owner_field=owner,
         title_field=doc.get("title_field"),
         default_sort=tuple(doc.get("default_sort") or ("-id",)),
-        search_fields=tuple(doc.get("search_fields", ())),
+        search_fields=tuple(c for c in doc.get("search_fields", ()) if c in by_name and not by_name[c].archived),
         list_columns=tuple(c for c in doc.get("list_columns", ()) if c in by_name and not by_name[c].archived),
         indexes=tuple(tuple(i) for i in doc.get("indexes", ())),
         icon=doc.get("icon"),
