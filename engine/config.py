@@ -1,0 +1,65 @@
+"""Settings from the environment (``FINCRM_*``), with safe defaults for one machine.
+
+| variable | default | meaning |
+|---|---|---|
+| FINCRM_DATA_DIR | ./fincrm-data | SQLite file, generated keys, exports |
+| FINCRM_DATABASE_URL | sqlite:///<data dir>/fincrm.db | any SQLAlchemy URL (postgresql+psycopg://…) |
+| FINCRM_SECRET_KEY | generated into <data dir>/secret.key | Flask sessions, JWT signing, cursors |
+| FINCRM_MASTER_KEY | generated into <data dir>/master.key | base64 32-byte AES-256 master key |
+| FINCRM_MASTER_KEY_FILE | <data dir>/master.key | where the master key lives when not in the env |
+| FINCRM_PASSWORD_HASH | scrypt:131072:8:1 | Werkzeug hash method for passwords (OWASP: N ≥ 2^17) |
+| FINCRM_JWT_MINUTES | 30 | access-token lifetime |
+| FINCRM_AUTO_INIT | 1 | create/upgrade tables when the app starts |
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .security.crypto import load_master_key
+
+__all__ = ["Settings"]
+
+
+def _secret_file(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    secret_key: str
+    master_key: bytes
+    password_hash: str
+    jwt_minutes: int
+    auto_init: bool
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None) -> "Settings":
+        env = {**os.environ, **{k: str(v) for k, v in (overrides or {}).items()}}
+        data_dir = Path(env.get("FINCRM_DATA_DIR", "fincrm-data")).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        url = env.get("FINCRM_DATABASE_URL") or f"sqlite:///{data_dir / 'fincrm.db'}"
+        secret = env.get("FINCRM_SECRET_KEY") or _secret_file(data_dir / "secret.key")
+        key_file = Path(env.get("FINCRM_MASTER_KEY_FILE") or data_dir / "master.key")
+        return cls(
+            data_dir=data_dir,
+            database_url=url,
+            secret_key=secret,
+            master_key=load_master_key(env.get("FINCRM_MASTER_KEY"), key_file),
+            password_hash=env.get("FINCRM_PASSWORD_HASH", "scrypt:131072:8:1"),
+            jwt_minutes=int(env.get("FINCRM_JWT_MINUTES", "30")),
+            auto_init=env.get("FINCRM_AUTO_INIT", "1") not in ("0", "false", "no"),
+        )

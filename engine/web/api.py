@@ -1,0 +1,273 @@
+"""The REST API (DESIGN §3): one blueprint serves every entity, so new entities need no routes.
+
+Views only translate HTTP to service calls: parse and check the request, resolve the
+principal, call the records or metadata service, shape the response. No view reads a table.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from flask import Blueprint, Response, g, request, url_for
+
+from ..errors import BadRequest, InvalidFilter
+from .auth import current_principal
+from .context import services
+from .openapi import openapi_document, record_schema
+
+__all__ = ["api"]
+
+api = Blueprint("fincrm_api", __name__, url_prefix="/api/v1")
+
+
+@api.before_request
+def _stamps() -> None:
+    # One primary-key read gives both version stamps; the snapshot reloads if metadata moved.
+    rt = services().runtime
+    g.fincrm_stamps = rt.stamps()
+    rt.snapshot(g.fincrm_stamps[0])
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_default)
+    return Response(body, status=status, mimetype="application/json", headers=headers)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def body() -> Any:
+    """The request's JSON body (decimals kept exact), or a 400 that says what is wrong."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("the request needs a JSON body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("the request body must be UTF-8 encoded JSON") from exc
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {str(exc)[:120]}") from exc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _object_body() -> dict[str, Any]:
+    data = body()
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data
+
+
+def _int_arg(value: Any, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise BadRequest(f"{name} must be an integer", [{"field": name, "message": "must be an integer"}])
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name} must be an integer", [{"field": name, "message": "must be an integer"}]) from None
+
+
+def _filter_arg(raw: str | None) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidFilter("filter is not valid JSON", [{"field": "filter", "message": "not valid JSON"}]) from exc
+
+
+def _fields_arg(raw: Any) -> list[str] | None:
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, str):
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
+        return raw
+    raise BadRequest("fields must be a comma-separated list", [{"field": "fields", "message": "bad format"}])
+
+
+def _flag(value: Any) -> bool:
+    return value in (True, 1, "1", "true", "yes")
+
+
+def _etag(record: dict[str, Any]) -> dict[str, str]:
+    return {"ETag": f'"{record["version"]}"'}
+
+
+# ------------------------------------------------------------------------------ records
+
+
+@api.get("/records/<entity>")
+def list_records(entity: str) -> Response:
+    args = request.args
+    page = services().records.list(
+        current_principal(),
+        entity,
+        filter=_filter_arg(args.get("filter")),
+        sort=args.get("sort"),
+        limit=_int_arg(args.get("limit"), "limit", 50),
+        cursor=args.get("cursor") or None,
+        fields=_fields_arg(args.get("fields")),
+        q=args.get("q") or None,
+        with_count=_flag(args.get("count")),
+    )
+    return _json(page.to_dict())
+
+
+@api.post("/records/<entity>/query")
+def query_records(entity: str) -> Response:
+    data = _object_body()
+    unknown = set(data) - {"filter", "sort", "limit", "cursor", "fields", "q", "count"}
+    if unknown:
+        name = sorted(unknown)[0][:64]
+        raise BadRequest(f"unknown query key {name!r}", [{"field": name, "message": "unknown key"}])
+    sort = data.get("sort")
+    if isinstance(sort, list):
+        sort = ",".join(str(s) for s in sort)
+    if sort is not None and not isinstance(sort, str):
+        raise BadRequest("sort must be a string or a list", [{"field": "sort", "message": "bad type"}])
+    page = services().records.list(
+        current_principal(),
+        entity,
+        filter=data.get("filter"),
+        sort=sort,
+        limit=_int_arg(data.get("limit"), "limit", 50),
+        cursor=data.get("cursor") or None,
+        fields=_fields_arg(data.get("fields")),
+        q=data.get("q") or None,
+        with_count=_flag(data.get("count")),
+    )
+    return _json(page.to_dict())
+
+
+@api.post("/records/<entity>")
+def create_record(entity: str) -> Response:
+    record = services().records.create(current_principal(), entity, _object_body())
+    headers = {**_etag(record), "Location": url_for("fincrm_api.get_record", entity=entity, record_id=record["id"])}
+    return _json(record, 201, headers)
+
+
+@api.get("/records/<entity>/<record_id>")
+def get_record(entity: str, record_id: str) -> Response:
+    record = services().records.get(current_principal(), entity, record_id, fields=_fields_arg(request.args.get("fields")))
+    return _json(record, headers=_etag(record))
+
+
+@api.patch("/records/<entity>/<record_id>")
+def update_record(entity: str, record_id: str) -> Response:
+    data = _object_body()
+    record = services().records.update(current_principal(), entity, record_id, data, request.headers.get("If-Match"))
+    return _json(record, headers=_etag(record))
+
+
+@api.delete("/records/<entity>/<record_id>")
+def delete_record(entity: str, record_id: str) -> Response:
+    services().records.delete(current_principal(), entity, record_id, request.headers.get("If-Match"))
+    return Response(status=204)
+
+
+@api.get("/records/<entity>/<record_id>/related")
+def related_records(entity: str, record_id: str) -> Response:
+    limit = _int_arg(request.args.get("limit"), "limit", 20)
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit must be between 1 and 100", [{"field": "limit", "message": "out of range"}])
+    return _json(services().records.related(current_principal(), entity, record_id, limit=limit))
+
+
+@api.get("/records/<entity>/<record_id>/tags")
+def list_tags(entity: str, record_id: str) -> Response:
+    return _json({"tags": services().records.tags(current_principal(), entity, record_id)})
+
+
+@api.post("/records/<entity>/<record_id>/tags")
+def add_tag(entity: str, record_id: str) -> Response:
+    data = _object_body()
+    return _json({"tags": services().records.add_tag(current_principal(), entity, record_id, data.get("tag"))}, 201)
+
+
+@api.delete("/records/<entity>/<record_id>/tags/<tag>")
+def remove_tag(entity: str, record_id: str, tag: str) -> Response:
+    return _json({"tags": services().records.remove_tag(current_principal(), entity, record_id, tag)})
+
+
+# ------------------------------------------------------------------------------ metadata
+
+
+@api.get("/meta/entities")
+def meta_entities() -> Response:
+    return _json({"items": services().meta.entities(current_principal())})
+
+
+@api.post("/meta/entities")
+def meta_create_entity() -> Response:
+    return _json(services().meta.create_entity(current_principal(), _object_body()), 201)
+
+
+@api.get("/meta/entities/<entity>")
+def meta_entity(entity: str) -> Response:
+    return _json(services().meta.entity(current_principal(), entity))
+
+
+@api.get("/meta/entities/<entity>/schema")
+def meta_entity_schema(entity: str) -> Response:
+    current_principal()
+    spec = services().runtime.cached_snapshot().registry.entity(entity)
+    return _json(record_schema(spec))
+
+
+@api.post("/meta/entities/<entity>/fields")
+def meta_add_field(entity: str) -> Response:
+    return _json(services().meta.add_field(current_principal(), entity, _object_body()), 201)
+
+
+@api.patch("/meta/entities/<entity>/fields/<field>")
+def meta_patch_field(entity: str, field: str) -> Response:
+    return _json(services().meta.patch_field(current_principal(), entity, field, _object_body()))
+
+
+@api.delete("/meta/entities/<entity>/fields/<field>")
+def meta_archive_field(entity: str, field: str) -> Response:
+    return _json(services().meta.archive_field(current_principal(), entity, field))
+
+
+@api.post("/meta/entities/<entity>/fields/<field>/promote")
+def meta_promote_field(entity: str, field: str) -> Response:
+    return _json(services().meta.promote_field(current_principal(), entity, field))
+
+
+@api.get("/meta/entities/<entity>/history")
+def meta_history(entity: str) -> Response:
+    principal = current_principal()
+    services().runtime.cached_snapshot().registry.entity(entity)
+    meta = services().meta
+    return _json({"items": meta.history(principal, "entity_overlay", entity) + meta.history(principal, "entity", entity)})
+
+
+@api.post("/meta/entities/<entity>/revert")
+def meta_revert(entity: str) -> Response:
+    data = _object_body()
+    version = _int_arg(data.get("version"), "version", 0)
+    kind = data.get("kind", "entity_overlay")
+    if kind not in ("entity", "entity_overlay"):
+        raise BadRequest("kind must be entity or entity_overlay", [{"field": "kind", "message": "bad value"}])
+    return _json(services().meta.revert(current_principal(), kind, entity, version))
+
+
+# ------------------------------------------------------------------------------ OpenAPI
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    snap = services().runtime.cached_snapshot()
+    return _json(openapi_document(snap.registry))

@@ -1,0 +1,163 @@
+"""The ``fincrm`` console script (click, through Flask's CLI).
+
+``fincrm demo`` builds a ready-to-try installation (SQLite in the data dir, demo staff, synthetic
+customers) and serves it; ``fincrm run`` serves under gunicorn; ``fincrm init`` creates or
+upgrades the schema; ``fincrm user create`` adds staff.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+__all__ = ["main", "register_cli", "DEMO_STAFF"]
+
+# username, role, branch code, display name (DESIGN §3)
+DEMO_STAFF = (
+    ("admin", "admin", "HO", "系统管理员"),
+    ("sup1", "supervisor", "BJ", "张主管"),
+    ("rm1", "relationship_manager", "BJ01", "李客户经理"),
+    ("rm2", "relationship_manager", "SH01", "王客户经理"),
+    ("ops1", "operations", "HO", "赵运营"),
+    ("risk1", "risk_control", "HO", "钱风控"),
+    ("auditor1", "auditor", "HO", "孙审计"),
+)
+
+
+def _create_app() -> Flask:
+    from app import create_app
+
+    return create_app()
+
+
+def _ensure_user(app: Flask, username: str, role: str, password: str, name: str) -> Any:
+    sm = app.appbuilder.sm  # type: ignore[attr-defined]
+    user = sm.find_user(username=username)
+    if user is not None:
+        return user
+    role_obj = sm.find_role(role) or sm.add_role(role)
+    first, last = name[:1], name[1:] or name
+    user = sm.add_user(username, first, last, f"{username}@demo.fincrm.local", [role_obj], password=password)
+    if not user:
+        raise click.ClickException(f"could not create user {username}")
+    return user
+
+
+def seed_demo_data(app: Flask, customers: int, password: str) -> None:
+    from engine.demo import seed_branches, seed_demo
+    from engine.security.principal import Principal
+
+    svc = app.extensions["fincrm"]
+    with app.app_context():
+        users = {u: _ensure_user(app, u, r, password, n) for u, r, _, n in DEMO_STAFF}
+        existing = svc.records.list(Principal.system("demo"), "customer", limit=1).items
+        if existing:
+            click.echo("demo data already present; not seeding again")
+            return
+        branches = seed_branches(svc.records)
+        owners = [(users[u].id, b) for u, r, b, _ in DEMO_STAFF if r == "relationship_manager"]
+        with click.progressbar(length=customers, label=f"生成演示数据 / seeding {customers} customers") as bar:
+            counts = seed_demo(svc.records, branches=branches, owners=owners, customers=customers, progress=bar.update)
+        click.echo("created: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False)
+def main() -> None:
+    """FinCRM — metadata-driven CRM for banks, securities firms and insurers."""
+
+
+@main.command("demo", context_settings={"ignore_unknown_options": False})
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--data-dir", default="fincrm-data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--customers", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--no-serve", is_flag=True, help="seed the data and exit")
+def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) -> None:
+    """Build the demo (SQLite in DATA_DIR, demo staff, synthetic data) and serve it."""
+    from app import create_app
+
+    os.environ["FINCRM_DATA_DIR"] = str(Path(data_dir).resolve())
+    os.environ.pop("FINCRM_DATABASE_URL", None)
+    password = os.environ.get("FINCRM_DEMO_PASSWORD")
+    generated = not password
+    if not password:
+        password = secrets.token_urlsafe(12)
+    app = create_app({"FINCRM_DATA_DIR": str(Path(data_dir).resolve())})
+    seed_demo_data(app, customers, password)
+    click.echo("")
+    click.echo(f"FinCRM demo: http://{host}:{port}/  (API: http://{host}:{port}/api/v1/openapi.json)")
+    click.echo("staff: " + ", ".join(u for u, *_ in DEMO_STAFF))
+    if generated:
+        click.echo(f"password for every demo account (set FINCRM_DEMO_PASSWORD to choose): {password}")
+    if not no_serve:
+        app.run(host=host, port=port, threaded=True, use_reloader=False)
+
+
+@main.command("init")
+@click.option("--admin-password", envvar="FINCRM_ADMIN_PASSWORD", default=None, help="create user 'admin' with this password")
+@with_appcontext
+def init(admin_password: str | None) -> None:
+    """Create or upgrade the database schema (additive only) and the core roles."""
+    steps = current_app.extensions["fincrm"].runtime.init_schema()
+    click.echo(f"schema up to date ({len(steps)} steps applied)")
+    if admin_password:
+        _ensure_user(current_app, "admin", "admin", admin_password, "系统管理员")
+        click.echo("admin user ready")
+
+
+@main.group("user")
+def user() -> None:
+    """Manage staff accounts."""
+
+
+@user.command("create")
+@click.option("--username", required=True)
+@click.option("--role", required=True)
+@click.option("--name", default=None)
+@click.password_option()
+@with_appcontext
+def user_create(username: str, role: str, name: str | None, password: str) -> None:
+    """Create a staff account with one role."""
+    _ensure_user(current_app, username, role, password, name or username)
+    click.echo(f"user {username} ({role}) ready")
+
+
+@main.command("run")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+def run(host: str, port: int, workers: int) -> None:
+    """Serve under gunicorn (the app is built once, then forked)."""
+    from gunicorn.app.base import BaseApplication
+
+    from app import create_app
+
+    class _Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("preload_app", True)
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> Flask:
+            return create_app()
+
+    _Server().run()
+
+
+def register_cli(app: Flask) -> None:
+    """Hook for `flask --app app …` users: the same commands on the app's own CLI."""
+    for name in ("init", "user"):
+        if name not in app.cli.commands:
+            app.cli.add_command(main.commands[name])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

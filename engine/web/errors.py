@@ -1,0 +1,72 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "details"}}``, never a bare 500.
+
+``engine.errors`` maps each error to its status; this module is the one place that turns them
+(and Werkzeug's HTTP errors) into responses. Unexpected exceptions are logged with a reference
+and answered with a 500 that reveals nothing of the request's data.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask, Response, json, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import FinCRMError
+
+__all__ = ["register_error_handlers", "error_response", "wants_json"]
+
+log = logging.getLogger("fincrm.web")
+
+_HTTP_CODES = {
+    400: "malformed_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return Response(json.dumps({"error": body}), status=status, mimetype="application/json")
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(FinCRMError)
+    def _fincrm(exc: FinCRMError) -> Response:
+        if exc.status >= 500:
+            return _internal(exc)
+        return error_response(exc.status, exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Any:
+        if not wants_json():
+            return exc
+        status = exc.code or 500
+        return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):
+            return _http(exc)
+        return _internal(exc)
+
+
+def _internal(exc: Exception) -> Response:
+    ref = uuid.uuid4().hex[:12]
+    log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
+    return error_response(500, "internal_error", f"an internal error occurred (reference {ref}); it has been logged")

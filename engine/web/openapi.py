@@ -1,0 +1,151 @@
+"""OpenAPI 3.1 document generated from the current metadata (custom entities and fields too).
+
+Built once per registry version and cached; the record schemas come from the field-type
+table's JSON Schema fragments, so the document and the validators cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..fieldtypes import FIELD_TYPES
+from ..meta.registry import Registry
+from ..meta.spec import EntitySpec
+
+__all__ = ["openapi_document", "record_schema"]
+
+_cache: dict[int, dict[str, Any]] = {}
+
+
+def record_schema(spec: EntitySpec, *, for_input: bool = False) -> dict[str, Any]:
+    props: dict[str, Any] = {}
+    if not for_input:
+        props.update(
+            id={"type": "integer", "readOnly": True},
+            version={"type": "integer", "readOnly": True},
+            created_at={"type": "string", "format": "date-time", "readOnly": True},
+            updated_at={"type": "string", "format": "date-time", "readOnly": True},
+        )
+    required = []
+    for f in spec.live_fields:
+        frag = FIELD_TYPES[f.type].schema(f)
+        frag["title"] = f.label.en
+        frag["description"] = f.label.zh
+        if f.sensitivity:
+            frag["x-sensitivity"] = f.sensitivity
+        if f.ref:
+            frag["x-ref-entity"] = f.ref
+        if not f.required:
+            frag = {**frag, "type": [*(_as_list(frag.get("type"))), "null"]} if "type" in frag else frag
+        elif for_input and f.default is None and f.name != spec.owner_field:
+            required.append(f.name)
+        props[f.name] = frag
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": spec.label.en,
+        "description": spec.label.zh,
+        "type": "object",
+        "properties": props,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _error_ref() -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def openapi_document(registry: Registry) -> dict[str, Any]:
+    cached = _cache.get(registry.version)
+    if cached is not None:
+        return cached
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "details": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}},
+                    },
+                }
+            },
+        }
+    }
+    errors = {str(c): {"description": d, **_error_ref()} for c, d in [
+        (400, "Malformed request, unknown filter field or operator"), (401, "Not authenticated"), (403, "Forbidden"),
+        (404, "Unknown entity or record"), (409, "Version conflict or duplicate"), (422, "Invalid values"),
+    ]}
+    paths: dict[str, Any] = {}
+    list_params = [
+        {"name": "filter", "in": "query", "schema": {"type": "string"}, "description": "filter DSL as JSON"},
+        {"name": "sort", "in": "query", "schema": {"type": "string"}, "example": "-aum,name"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        {"name": "fields", "in": "query", "schema": {"type": "string"}},
+        {"name": "q", "in": "query", "schema": {"type": "string"}},
+        {"name": "count", "in": "query", "schema": {"type": "boolean"}, "description": "also count matches (capped at 10,000)"},
+    ]
+    for spec in sorted(registry.entities.values(), key=lambda s: s.name):
+        name = spec.name
+        rec = f"#/components/schemas/{name}"
+        schemas[name] = record_schema(spec)
+        schemas[f"{name}_input"] = record_schema(spec, for_input=True)
+        page = {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": rec}}, "next_cursor": {"type": ["string", "null"]}}}
+        one = {"content": {"application/json": {"schema": {"$ref": rec}}}}
+        tag = [name]
+        id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+        paths[f"/api/v1/records/{name}"] = {
+            "get": {"tags": tag, "summary": f"List {spec.label.en} ({spec.label.zh})", "parameters": list_params,
+                    "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": page}}}, **errors}},
+            "post": {"tags": tag, "summary": f"Create {spec.label.en}",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}_input"}}}},
+                     "responses": {"201": {"description": "Created", **one}, **errors}},
+        }
+        paths[f"/api/v1/records/{name}/query"] = {
+            "post": {"tags": tag, "summary": f"Query {spec.label.en} with a filter in the body",
+                     "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"200": {"description": "A page", "content": {"application/json": {"schema": page}}}, **errors}},
+        }
+        paths[f"/api/v1/records/{name}/{{id}}"] = {
+            "parameters": [id_param],
+            "get": {"tags": tag, "summary": f"Get one {spec.label.en}", "responses": {"200": {"description": "The record", **one}, **errors}},
+            "patch": {"tags": tag, "summary": f"Update {spec.label.en} (If-Match: version)",
+                      "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+                      "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
+                      "responses": {"200": {"description": "Updated", **one}, **errors}},
+            "delete": {"tags": tag, "summary": f"Delete {spec.label.en}", "responses": {"204": {"description": "Deleted"}, **errors}},
+        }
+        if spec.relations:
+            paths[f"/api/v1/records/{name}/{{id}}/related"] = {
+                "parameters": [id_param],
+                "get": {"tags": tag, "summary": "360 view: related records by relation", "responses": {"200": {"description": "Related records"}, **errors}},
+            }
+    doc = {
+        "openapi": "3.1.0",
+        "info": {"title": "FinCRM API", "version": f"1.0 (metadata v{registry.version})"},
+        "servers": [{"url": "/"}],
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/security/login": {"post": {"security": [], "summary": "Log in (provider db) for an access token", "responses": {"200": {"description": "Tokens"}}}},
+            "/api/v1/meta/entities": {"get": {"summary": "Entities"}, "post": {"summary": "Create an entity"}},
+            "/api/v1/meta/entities/{entity}/fields": {"post": {"summary": "Add a field (JSON storage unless storage: column)"}},
+            **paths,
+        },
+    }
+    if len(_cache) > 8:
+        _cache.clear()
+    _cache[registry.version] = doc
+    return doc
