@@ -20,19 +20,26 @@ TEST_DB_URL = os.environ.get("FINCRM_TEST_DATABASE_URL", "").strip()
 TEST_MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 
 
-def reset_postgres(url: str) -> None:
+def reset_postgres(url: str) -> str:
+    """Give this test process its own empty schema in the test database; return its URL.
+
+    A schema per process (``search_path`` set through the connection options) lets several
+    test runs share one PostgreSQL database without dropping each other's tables.
+    """
+    schema = f"fincrm_t{os.getpid()}"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     engine.dispose()
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
 
 
 def fresh_db_url(tmp_path: Path) -> str:
-    """A database with nothing in it: the shared PostgreSQL test database reset, or a new file."""
+    """A database with nothing in it: a new schema in the PostgreSQL test database, or a new file."""
     if TEST_DB_URL:
-        reset_postgres(TEST_DB_URL)
-        return TEST_DB_URL
+        return reset_postgres(TEST_DB_URL)
     return f"sqlite:///{tmp_path / 'fincrm-test.db'}"
 
 
