@@ -32,9 +32,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
 
 
-def make_engine(url: str, **kw: Any) -> Engine:
+def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
+    """An engine for ``url``. On SQLite, ``immediate`` makes every transaction BEGIN IMMEDIATE:
+    a writer takes the write lock up front and waits for it (busy timeout) instead of failing
+    when it upgrades a read snapshot that another writer has moved on from."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kw)
+        if immediate:
+
+            @event.listens_for(engine, "connect")
+            def _no_pysqlite_begin(dbapi_conn: Any, _record: Any) -> None:
+                dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -74,7 +86,9 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.engine = make_engine(self.url)
-        self.ids = IdAllocator(self.engine)
+        # writes go through their own engine on SQLite (BEGIN IMMEDIATE); same engine elsewhere
+        self.write_engine = make_engine(self.url, immediate=True, pool_size=5) if self.url.startswith("sqlite") else self.engine
+        self.ids = IdAllocator(self.write_engine)
         self.dialect = self.engine.dialect.name
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
@@ -83,13 +97,13 @@ class Runtime:
 
     def init_schema(self) -> list[dict[str, str]]:
         """Create system tables, then every entity table/column/index the specs need."""
-        system_metadata.create_all(self.engine)
-        with self.engine.begin() as conn:
+        system_metadata.create_all(self.write_engine)
+        with self.begin() as conn:
             for key in (META_VERSION, POLICY_VERSION):
                 if conn.execute(select(state_table.c.value).where(state_table.c.key == key)).first() is None:
                     conn.execute(insert(state_table).values(key=key, value=1))
         snap = self._load()
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             steps = plan_migration(conn, snap.metadata)
             apply_migration(conn, snap.metadata, steps)
         with self._lock:
@@ -165,8 +179,14 @@ class Runtime:
             if self._snapshot is None or snap.version >= self._snapshot.version:
                 self._snapshot = snap
 
+    def begin(self) -> Any:
+        """A write transaction (``with runtime.begin() as conn:``)."""
+        return self.write_engine.begin()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
 
 
 def data_dir_key_file(data_dir: Path) -> Path:

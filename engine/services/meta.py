@@ -296,7 +296,7 @@ class MetaService:
     def _commit(self, principal: Principal, kind: str, name: str, doc: dict[str, Any], *, comment: str, after_ddl: Any = None) -> Snapshot:
         """Validate the registry with ``doc`` applied, then write schema + document + stamp."""
         d = meta_doc_table
-        with self.runtime.engine.begin() as conn:
+        with self.runtime.begin() as conn:
             version = self.runtime.bump(conn, META_VERSION)  # takes the write lock first: changes serialise
             snap = self.runtime.build(conn, version, extra=[doc])
             steps = plan_migration(conn, snap.metadata)

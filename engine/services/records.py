@@ -469,7 +469,7 @@ class RecordService:
             self.svc, self.v = svc, v
 
         def __enter__(self) -> Connection:
-            self.cm = self.svc.runtime.engine.begin()
+            self.cm = self.svc.runtime.begin()
             return self.cm.__enter__()
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> Any:
@@ -494,7 +494,7 @@ class RecordService:
         self.get(principal, entity, record_id, fields=[])
         name = _tag_name(tag)
         t = tag_table
-        with self.runtime.engine.begin() as conn:
+        with self.runtime.begin() as conn:
             exists_ = conn.execute(
                 select(t.c.tag).where(t.c.entity == entity, t.c.record_id == int(record_id), t.c.tag == name)
             ).first()
@@ -509,7 +509,7 @@ class RecordService:
         self.get(principal, entity, record_id, fields=[])
         name = _tag_name(tag)
         t = tag_table
-        with self.runtime.engine.begin() as conn:
+        with self.runtime.begin() as conn:
             res = conn.execute(delete(t).where(t.c.entity == entity, t.c.record_id == int(record_id), t.c.tag == name))
         if res.rowcount == 0:
             raise NotFound(f"tag {name!r} is not on this record")
