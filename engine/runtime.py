@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, func, insert, select, update
 
 from .meta.registry import Registry, build_registry, load_core_documents
+from .security.audit import ensure_head as ensure_audit_head
 from .security.crypto import Keyring
 from .store.ids import IdAllocator
 from .store.migrate import apply_migration, plan_migration
@@ -102,6 +103,7 @@ class Runtime:
             for key in (META_VERSION, POLICY_VERSION):
                 if conn.execute(select(state_table.c.value).where(state_table.c.key == key)).first() is None:
                     conn.execute(insert(state_table).values(key=key, value=1))
+            ensure_audit_head(conn)
         snap = self._load()
         with self.begin() as conn:
             steps = plan_migration(conn, snap.metadata)

@@ -68,6 +68,8 @@ class BasicAuthorizer:
             raise Forbidden(f"unknown action {action!r}")
         if action in ("configure", "unmask") and not (principal.roles & self.admin_roles):
             raise Forbidden(f"you may not {action} {entity}")
+        if entity == "audit" and not (principal.roles & (self.admin_roles | {"auditor"})):
+            raise Forbidden("only auditors and administrators read the audit trail")
 
     def scope_clause(self, principal: Principal, spec: EntitySpec, table: Table, action: str = "read") -> ColumnElement[bool] | None:
         return None

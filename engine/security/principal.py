@@ -16,6 +16,7 @@ class Principal:
     team: str | None = None
     supervisor_id: int | None = None
     is_system: bool = False
+    ip: str | None = None  # the request's client address, for the audit trail
 
     @classmethod
     def system(cls, purpose: str) -> "Principal":

@@ -23,6 +23,7 @@ from ..meta.registry import freeze_field
 from ..meta.schema import schema_errors
 from ..meta.spec import EntitySpec, FieldSpec
 from ..runtime import META_VERSION, Runtime, Snapshot, utcnow
+from ..security import audit
 from ..security.authz import Authorizer
 from ..security.principal import Principal
 from ..store.migrate import apply_migration, plan_migration
@@ -308,6 +309,13 @@ class MetaService:
                 insert(d).values(
                     kind=kind, name=name, version=last + 1, doc=doc, author=principal.username, comment=comment[:500], created_at=utcnow()
                 )
+            )
+            audit.append(
+                conn,
+                audit.AuditEntry(
+                    actor=principal.username, actor_id=principal.user_id, action="meta_change", entity=name, ip=principal.ip,
+                    detail={"kind": kind, "version": last + 1, "comment": comment[:500], "metadata_version": version},
+                ),
             )
         self.runtime.install(snap)
         return snap

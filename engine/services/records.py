@@ -8,7 +8,7 @@ statement → rows → field policy (decrypt / mask / hide) → plain dicts.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, Table, and_, delete, false, func, insert, or_, select, true, update
@@ -28,6 +28,7 @@ from ..errors import (
 from ..fieldtypes import FIELD_TYPES, normalize_text
 from ..meta.spec import SYSTEM_FIELDS, EntitySpec, FieldSpec
 from ..runtime import Runtime, Snapshot, utcnow
+from ..security import audit
 from ..security.authz import Authorizer, FieldAccess, effective_mask
 from ..security.crypto import aad_for
 from ..security.masking import mask_value
@@ -161,6 +162,62 @@ class RecordService:
                 value = mask_value(effective_mask(f), value)
             out[f.name] = value
         return out
+
+    def audit(self, conn: Connection, principal: Principal, action: str, entity: str | None, rid: int | None, detail: Mapping[str, Any] | None = None) -> None:
+        audit.append(
+            conn,
+            audit.AuditEntry(
+                actor=principal.username, actor_id=principal.user_id, action=action, entity=entity, record_id=rid, detail=detail, ip=principal.ip
+            ),
+        )
+
+    @staticmethod
+    def audit_value(f: FieldSpec, value: Any) -> Any:
+        """A value as the audit trail keeps it: JSON form, masked if the field has a mask."""
+        dumped = FIELD_TYPES[f.type].dump(value) if value is not None else None
+        return mask_value(effective_mask(f), dumped)
+
+    def _changes(self, v: _View, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, new in after.items():
+            f = v.spec.field(name)
+            if f is None:
+                continue
+            old = before.get(name)
+            if old != new:
+                out[name] = {"from": self.audit_value(f, old), "to": self.audit_value(f, new)}
+        return out
+
+    def _stored_values(self, v: _View, row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+        """Current values (normalised Python form) of ``names`` from a full row, decrypted."""
+        out: dict[str, Any] = {}
+        ext = row.get("ext") or {}
+        for name in names:
+            f = v.spec.field(name)
+            if f is None:
+                continue
+            raw = row.get(name) if f.storage == "column" else ext.get(name)
+            if f.encrypted and raw is not None:
+                raw = self.runtime.keyring.decrypt(raw, aad_for(v.table.name, f.name, row["id"]))
+            if raw is not None and (f.encrypted or f.storage == "json"):
+                raw = FIELD_TYPES[f.type].normalize(raw, replace(f, min=None, max=None, max_length=None, pattern=None))
+            out[name] = raw
+        return out
+
+    def history(self, principal: Principal, entity: str, record_id: Any, *, limit: int = 100, before: int | None = None) -> dict[str, Any]:
+        """The record's audit trail, newest first (readable only if the record is)."""
+        self.get(principal, entity, record_id, fields=[])
+        t = audit.audit_table
+        stmt = select(t).where(t.c.entity == entity, t.c.record_id == int(record_id))
+        if before is not None:
+            stmt = stmt.where(t.c.seq < before)
+        with self.runtime.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(t.c.seq.desc()).limit(limit + 1)).all()
+        items = [
+            {"seq": r.seq, "ts": FIELD_TYPES["datetime"].dump(r.ts), "actor": r.actor, "action": r.action, "detail": r.detail}
+            for r in rows[:limit]
+        ]
+        return {"items": items, "next_before": rows[limit - 1].seq if len(rows) > limit else None}
 
     # ------------------------------------------------------------------ reads
 
@@ -403,6 +460,7 @@ class RecordService:
             self._check_unique(conn, v, values, None)
             conn.execute(insert(v.table).values(**row))
             self._ensure_in_scope(conn, v, rid, "create")
+            self.audit(conn, principal, "create", entity, rid, {"changes": self._changes(v, {}, values)})
         return self.get(principal, entity, rid)
 
     def update(self, principal: Principal, entity: str, record_id: Any, payload: Any, expected_version: Any) -> dict[str, Any]:
@@ -415,9 +473,7 @@ class RecordService:
         version = _version(version)
         values = self._check_payload(v, payload, creating=False)
         with self._write(v) as conn:
-            current = conn.execute(
-                select(v.table.c.id, v.table.c.version, v.table.c.ext).where(v.table.c.id == rid, v.scope("update"))
-            ).first()
+            current = conn.execute(select(v.table).where(v.table.c.id == rid, v.scope("update"))).first()
             if current is None:
                 raise NotFound(f"{entity} {rid} not found")
             if current.version != version:
@@ -433,6 +489,9 @@ class RecordService:
             if res.rowcount != 1:
                 raise VersionConflict(f"{entity} {rid} was changed by someone else; reload and try again")
             self._ensure_in_scope(conn, v, rid, "update")
+            before = self._stored_values(v, current._mapping, values.keys())
+            changes = self._changes(v, before, values)
+            self.audit(conn, principal, "update", entity, rid, {"version": version + 1, "changes": changes})
         return self.get(principal, entity, rid)
 
     def delete(self, principal: Principal, entity: str, record_id: Any, expected_version: Any = None) -> None:
@@ -440,7 +499,7 @@ class RecordService:
         v = self.view(principal, entity)
         rid = _record_id(record_id)
         with self._write(v) as conn:
-            current = conn.execute(select(v.table.c.version).where(v.table.c.id == rid, v.scope("delete"))).first()
+            current = conn.execute(select(v.table).where(v.table.c.id == rid, v.scope("delete"))).first()
             if current is None:
                 raise NotFound(f"{entity} {rid} not found")
             if expected_version is not None and current.version != _version(expected_version):
@@ -455,6 +514,9 @@ class RecordService:
                     )
             conn.execute(delete(tag_table).where(tag_table.c.entity == entity, tag_table.c.record_id == rid))
             conn.execute(delete(v.table).where(v.table.c.id == rid))
+            names = [f.name for f in v.spec.live_fields]
+            snapshot = self._changes(v, self._stored_values(v, current._mapping, names), {n: None for n in names})
+            self.audit(conn, principal, "delete", entity, rid, {"version": current.version, "changes": snapshot})
 
     def _ensure_in_scope(self, conn: Connection, v: _View, rid: int, action: str) -> None:
         """A write must not move a record out of the writer's own scope (owner/branch hijack)."""
@@ -502,6 +564,7 @@ class RecordService:
                 conn.execute(
                     insert(t).values(entity=entity, record_id=int(record_id), tag=name, source=source, created_at=utcnow(), created_by=principal.user_id)
                 )
+                self.audit(conn, principal, "tag_add", entity, int(record_id), {"tag": name, "source": source})
         return self.tags(principal, entity, record_id)
 
     def remove_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any) -> list[str]:
@@ -511,8 +574,9 @@ class RecordService:
         t = tag_table
         with self.runtime.begin() as conn:
             res = conn.execute(delete(t).where(t.c.entity == entity, t.c.record_id == int(record_id), t.c.tag == name))
-        if res.rowcount == 0:
-            raise NotFound(f"tag {name!r} is not on this record")
+            if res.rowcount == 0:
+                raise NotFound(f"tag {name!r} is not on this record")
+            self.audit(conn, principal, "tag_remove", entity, int(record_id), {"tag": name})
         return self.tags(principal, entity, record_id)
 
     # ------------------------------------------------------------------ bulk
@@ -543,11 +607,14 @@ class RecordService:
             for c in columns:
                 row.setdefault(c, None)
         if rows:
+            detail = {"rows": len(rows), "first_id": ids[0], "last_id": ids[-1]}
             if conn is not None:
                 conn.execute(insert(v.table), rows)
+                self.audit(conn, principal, "bulk_create", entity, None, detail)
             else:
                 with self._write(v) as c:
                     c.execute(insert(v.table), rows)
+                    self.audit(c, principal, "bulk_create", entity, None, detail)
         return ids
 
 

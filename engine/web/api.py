@@ -201,6 +201,48 @@ def remove_tag(entity: str, record_id: str, tag: str) -> Response:
     return _json({"tags": services().records.remove_tag(current_principal(), entity, record_id, tag)})
 
 
+@api.get("/records/<entity>/<record_id>/history")
+def record_history(entity: str, record_id: str) -> Response:
+    limit = _int_arg(request.args.get("limit"), "limit", 100)
+    if not 1 <= limit <= 500:
+        raise BadRequest("limit must be between 1 and 500", [{"field": "limit", "message": "out of range"}])
+    before = request.args.get("before")
+    return _json(
+        services().records.history(
+            current_principal(), entity, record_id, limit=limit, before=_int_arg(before, "before", 0) or None
+        )
+    )
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+@api.get("/audit")
+def audit_list() -> Response:
+    args = request.args
+    limit = _int_arg(args.get("limit"), "limit", 100)
+    if not 1 <= limit <= 1000:
+        raise BadRequest("limit must be between 1 and 1000", [{"field": "limit", "message": "out of range"}])
+    return _json(
+        services().audit_log.search(
+            current_principal(),
+            actor=args.get("actor") or None,
+            action=args.get("action") or None,
+            entity=args.get("entity") or None,
+            record_id=_int_arg(args.get("record_id"), "record_id", 0) or None,
+            since=args.get("since") or None,
+            until=args.get("until") or None,
+            before=_int_arg(args.get("before"), "before", 0) or None,
+            limit=limit,
+        )
+    )
+
+
+@api.get("/audit/verify")
+def audit_verify() -> Response:
+    return _json(services().audit_log.verify(current_principal()))
+
+
 # ------------------------------------------------------------------------------ metadata
 
 

@@ -8,6 +8,7 @@ Flask-AppBuilder's REST base is CSRF-exempt.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from flask import current_app, g, request
@@ -88,5 +89,6 @@ def current_principal() -> Principal:
     principal = principal_for_user_id(user_id, policy_version)
     if principal is None:
         raise NotAuthenticated("this account is disabled or no longer exists")
+    principal = replace(principal, ip=request.remote_addr)
     g.fincrm_principal = principal
     return principal

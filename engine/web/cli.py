@@ -129,6 +129,25 @@ def user_create(username: str, role: str, name: str | None, password: str) -> No
     click.echo(f"user {username} ({role}) ready")
 
 
+@main.group("audit")
+def audit_group() -> None:
+    """The audit trail."""
+
+
+@audit_group.command("verify")
+@with_appcontext
+def audit_verify() -> None:
+    """Walk the hash chain; exit 1 and name the first bad entry if anything was changed."""
+    from engine.security.audit import verify
+
+    result = verify(current_app.extensions["fincrm"].runtime.engine)
+    if result["ok"]:
+        click.echo(f"audit chain OK ({result['checked']} entries)")
+        return
+    click.echo(f"audit chain BROKEN at entry {result['first_bad']}: {result['reason']} (checked {result['checked']})", err=True)
+    sys.exit(1)
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)

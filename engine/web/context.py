@@ -9,6 +9,7 @@ from flask import current_app
 
 from ..runtime import Runtime
 from ..security.authz import Authorizer
+from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
 from ..services.records import RecordService
 
@@ -21,11 +22,13 @@ class Services:
     authz: Authorizer
     records: RecordService = field(init=False)
     meta: MetaService = field(init=False)
+    audit_log: AuditLog = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.records = RecordService(self.runtime, self.authz)
         self.meta = MetaService(self.runtime, self.authz)
+        self.audit_log = AuditLog(self.runtime, self.authz)
 
 
 def services() -> Services:
