@@ -15,25 +15,14 @@ from flask_appbuilder.models.sqla.base import SQLA
 
 from engine.config import Settings
 from engine.runtime import Runtime
-from engine.security.authz import BasicAuthorizer
+from engine.security.policy import CasbinAuthorizer
 from engine.security.crypto import Keyring
 from engine.web.api import api
-from engine.web.context import Services
+from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
 from engine.web.pages import RecordPages, HomeView, register_page_helpers
 
 ROOT = Path(__file__).resolve().parent
-CORE_ROLES = (
-    "admin",
-    "relationship_manager",
-    "supervisor",
-    "branch_manager",
-    "operations",
-    "risk_control",
-    "auditor",
-    "metadata_editor",
-    "template_publisher",
-)
 
 
 def flask_config(settings: Settings) -> dict[str, Any]:
@@ -89,12 +78,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     with app.app_context():
         if settings.auto_init:
             runtime.init_schema()
-        app.extensions["fincrm"] = Services(runtime, BasicAuthorizer())
+        services = Services(runtime, CasbinAuthorizer(runtime))
+        app.extensions["fincrm"] = services
         appbuilder = AppBuilder(app, db.session, indexview=HomeView, base_template="fincrm/base.html")
         if settings.auto_init:
-            for role in CORE_ROLES:
-                if appbuilder.sm.find_role(role) is None:
-                    appbuilder.sm.add_role(role)
+            services.roles.sync()
+            for doc in services.roles.documents():
+                ensure_fab_role(doc["name"])
         appbuilder.add_view_no_menu(RecordPages())
     app.register_blueprint(api)
     register_error_handlers(app)

@@ -50,7 +50,9 @@ def effective_mask(f: FieldSpec) -> str | None:
 class Authorizer(Protocol):
     def require(self, principal: Principal, entity: str, action: str) -> None: ...
 
-    def scope_clause(self, principal: Principal, spec: EntitySpec, table: Table, action: str = "read") -> ColumnElement[bool] | None: ...
+    def scope_clause(
+        self, principal: Principal, spec: EntitySpec, table: Table, action: str = "read", *, strict: bool = False
+    ) -> ColumnElement[bool] | None: ...
 
     def field_access(self, principal: Principal, spec: EntitySpec, f: FieldSpec) -> FieldAccess: ...
 
@@ -71,7 +73,9 @@ class BasicAuthorizer:
         if entity == "audit" and not (principal.roles & (self.admin_roles | {"auditor"})):
             raise Forbidden("only auditors and administrators read the audit trail")
 
-    def scope_clause(self, principal: Principal, spec: EntitySpec, table: Table, action: str = "read") -> ColumnElement[bool] | None:
+    def scope_clause(
+        self, principal: Principal, spec: EntitySpec, table: Table, action: str = "read", *, strict: bool = False
+    ) -> ColumnElement[bool] | None:
         return None
 
     def field_access(self, principal: Principal, spec: EntitySpec, f: FieldSpec) -> FieldAccess:

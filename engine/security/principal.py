@@ -16,6 +16,9 @@ class Principal:
     team: str | None = None
     supervisor_id: int | None = None
     is_system: bool = False
+    team_ids: frozenset[int] = frozenset()  # staff on my team or reporting to me (me included)
+    branch_ids: frozenset[int] = frozenset()  # my branch and every branch below it
+    branch_staff_ids: frozenset[int] = frozenset()  # staff of those branches
     ip: str | None = None  # the request's client address, for the audit trail
 
     @classmethod

@@ -235,8 +235,8 @@ class RecordService:
         with_count: bool = False,
         snap: Snapshot | None = None,
     ) -> Page:
-        self.authz.require(principal, entity, "read")
         v = self.view(principal, entity, snap)
+        self.authz.require(principal, entity, "read")
         if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", [{"field": "limit", "message": "out of range"}])
         keys = parse_sort(v.spec, sort, v.clear)
@@ -300,8 +300,8 @@ class RecordService:
         return or_(*parts) if parts else false()
 
     def get(self, principal: Principal, entity: str, record_id: Any, *, fields: Iterable[str] | None = None) -> dict[str, Any]:
-        self.authz.require(principal, entity, "read")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "read")
         rid = _record_id(record_id)
         out_fields = self._columns_for(v, fields)
         stmt = select(*self._select_columns(v, out_fields)).where(v.table.c.id == rid, v.scope())
@@ -312,8 +312,8 @@ class RecordService:
         return self.serialize(v, row._mapping, out_fields)
 
     def count(self, principal: Principal, entity: str, *, filter: Any = None) -> int:
-        self.authz.require(principal, entity, "read")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "read")
         stmt = select(func.count()).select_from(v.table).where(v.scope(), self.where(v, filter, None))
         with self.runtime.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
@@ -448,8 +448,8 @@ class RecordService:
         return row
 
     def create(self, principal: Principal, entity: str, payload: Any) -> dict[str, Any]:
-        self.authz.require(principal, entity, "create")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "create")
         values = self._check_payload(v, payload, creating=True)
         (rid,) = self.runtime.ids.take(entity, 1)  # before the write transaction (SQLite: one writer)
         now = utcnow()
@@ -464,8 +464,8 @@ class RecordService:
         return self.get(principal, entity, rid)
 
     def update(self, principal: Principal, entity: str, record_id: Any, payload: Any, expected_version: Any) -> dict[str, Any]:
-        self.authz.require(principal, entity, "update")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "update")
         rid = _record_id(record_id)
         if not isinstance(payload, dict):
             raise BadRequest("the request body must be a JSON object")
@@ -495,8 +495,8 @@ class RecordService:
         return self.get(principal, entity, rid)
 
     def delete(self, principal: Principal, entity: str, record_id: Any, expected_version: Any = None) -> None:
-        self.authz.require(principal, entity, "delete")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "delete")
         rid = _record_id(record_id)
         with self._write(v) as conn:
             current = conn.execute(select(v.table).where(v.table.c.id == rid, v.scope("delete"))).first()
@@ -520,7 +520,7 @@ class RecordService:
 
     def _ensure_in_scope(self, conn: Connection, v: _View, rid: int, action: str) -> None:
         """A write must not move a record out of the writer's own scope (owner/branch hijack)."""
-        clause = self.authz.scope_clause(v.principal, v.spec, v.table, action)
+        clause = self.authz.scope_clause(v.principal, v.spec, v.table, action, strict=True)
         if clause is None:
             return
         if conn.execute(select(v.table.c.id).where(v.table.c.id == rid, clause)).first() is None:
@@ -583,8 +583,8 @@ class RecordService:
 
     def bulk_insert(self, principal: Principal, entity: str, payloads: list[dict[str, Any]], conn: Connection | None = None) -> list[int]:
         """Validate every payload, then insert them all in one executemany (all or nothing)."""
-        self.authz.require(principal, entity, "create")
         v = self.view(principal, entity)
+        self.authz.require(principal, entity, "create")
         errors = []
         checked = []
         for i, payload in enumerate(payloads):

@@ -10,11 +10,11 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, g, request, url_for
+from flask import Blueprint, Response, request, url_for
 
 from ..errors import BadRequest, InvalidFilter
-from .auth import current_principal
-from .context import services
+from .auth import current_principal, refresh_request_state
+from .context import ensure_fab_role, services
 from .openapi import openapi_document, record_schema
 
 __all__ = ["api"]
@@ -24,10 +24,8 @@ api = Blueprint("fincrm_api", __name__, url_prefix="/api/v1")
 
 @api.before_request
 def _stamps() -> None:
-    # One primary-key read gives both version stamps; the snapshot reloads if metadata moved.
-    rt = services().runtime
-    g.fincrm_stamps = rt.stamps()
-    rt.snapshot(g.fincrm_stamps[0])
+    # One read gives both version stamps; metadata and policy reload only if they moved.
+    refresh_request_state()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -304,6 +302,23 @@ def meta_revert(entity: str) -> Response:
     if kind not in ("entity", "entity_overlay"):
         raise BadRequest("kind must be entity or entity_overlay", [{"field": "kind", "message": "bad value"}])
     return _json(services().meta.revert(current_principal(), kind, entity, version))
+
+
+@api.get("/meta/roles")
+def meta_roles() -> Response:
+    return _json({"items": services().roles.list(current_principal())})
+
+
+@api.get("/meta/roles/<name>")
+def meta_role(name: str) -> Response:
+    return _json(services().roles.get(current_principal(), name))
+
+
+@api.route("/meta/roles/<name>", methods=["PUT", "POST"])
+def meta_put_role(name: str) -> Response:
+    doc = services().roles.put(current_principal(), name, _object_body())
+    ensure_fab_role(name)
+    return _json(doc)
 
 
 # ------------------------------------------------------------------------------ OpenAPI

@@ -9,9 +9,10 @@ Flask-AppBuilder's REST base is CSRF-exempt.
 from __future__ import annotations
 
 from dataclasses import replace
+import datetime as dt
 from typing import Any
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 from flask_jwt_extended import decode_token
 from flask_jwt_extended.exceptions import JWTExtendedException
 from jwt import PyJWTError
@@ -20,32 +21,55 @@ from flask_wtf.csrf import validate_csrf
 from wtforms import ValidationError as CSRFError
 
 from ..errors import Forbidden, NotAuthenticated
+from ..security.org import OrgInfo, load_org
 from ..security.principal import Principal
 from .context import services
 
-__all__ = ["current_principal", "principal_for_user_id", "forget_principals"]
+__all__ = ["current_principal", "principal_for_user_id", "forget_principals", "refresh_request_state"]
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def principal_for_user_id(user_id: int, policy_version: int) -> Principal | None:
-    cache = services().principal_cache
+def refresh_request_state() -> tuple[int, int]:
+    """Once per request: read both stamps (one query) and reload metadata or policy if moved."""
+    if "fincrm_stamps" not in g:
+        svc = services()
+        g.fincrm_stamps = svc.runtime.stamps()
+        svc.runtime.snapshot(g.fincrm_stamps[0])
+        svc.authz.refresh(g.fincrm_stamps[1])
+    return g.fincrm_stamps  # type: ignore[no-any-return]
+
+
+def principal_for_user_id(user_id: int, policy_version: int) -> tuple[Principal, OrgInfo] | None:
+    """The user's principal and organisation, cached per (user, policy version)."""
+    svc = services()
+    cache = svc.principal_cache
     key = (user_id, policy_version)
     if key in cache:
         return cache[key]  # type: ignore[no-any-return]
     sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
     user = sm.get_user_by_id(user_id)
-    principal = None
+    entry = None
     if user is not None and user.is_active:
+        snap = svc.runtime.cached_snapshot()
+        with svc.runtime.engine.connect() as conn:
+            org = load_org(conn, user.id, snap.tables.get("branch"))
         principal = Principal(
             user_id=user.id,
             username=user.username,
             roles=frozenset(r.name for r in user.roles),
+            branch_id=org.branch_id,
+            team=org.team,
+            supervisor_id=org.supervisor_id,
+            team_ids=org.team_ids,
+            branch_ids=org.branch_ids,
+            branch_staff_ids=org.branch_staff_ids,
         )
+        entry = (principal, org)
     if len(cache) > 10_000:
         cache.clear()
-    cache[key] = principal
-    return principal
+    cache[key] = entry
+    return entry
 
 
 def forget_principals() -> None:
@@ -57,9 +81,8 @@ def current_principal() -> Principal:
     cached = g.get("fincrm_principal")
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    if "fincrm_stamps" not in g:
-        g.fincrm_stamps = services().runtime.stamps()
-    meta_version, policy_version = g.fincrm_stamps
+    meta_version, policy_version = refresh_request_state()
+    issued_at: dt.datetime | None = None
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
@@ -73,6 +96,7 @@ def current_principal() -> Principal:
             raise NotAuthenticated("a refresh token cannot be used to call the API")
         try:
             user_id = int(claims["sub"])
+            issued_at = dt.datetime.fromtimestamp(int(claims["iat"]), dt.timezone.utc).replace(tzinfo=None)
         except (KeyError, TypeError, ValueError) as exc:
             raise NotAuthenticated("the access token is invalid") from exc
     elif current_user and current_user.is_authenticated:
@@ -84,11 +108,17 @@ def current_principal() -> Principal:
             except CSRFError as exc:
                 raise Forbidden("missing or invalid CSRF token for a cookie-authenticated request") from exc
         user_id = int(current_user.id)
+        login_at = session.get("fincrm_login_at")
+        issued_at = dt.datetime.fromtimestamp(float(login_at), dt.timezone.utc).replace(tzinfo=None) if login_at else None
     else:
         raise NotAuthenticated("log in first: POST /api/v1/security/login")
-    principal = principal_for_user_id(user_id, policy_version)
-    if principal is None:
+    entry = principal_for_user_id(user_id, policy_version)
+    if entry is None:
         raise NotAuthenticated("this account is disabled or no longer exists")
+    principal, org = entry
+    # tokens and sessions from before a logout, disable or role change are dead
+    if org.tokens_valid_after is not None and (issued_at is None or issued_at < org.tokens_valid_after):
+        raise NotAuthenticated("this session has ended (logged out or account changed); log in again")
     principal = replace(principal, ip=request.remote_addr)
     g.fincrm_principal = principal
     return principal

@@ -8,28 +8,38 @@ from typing import Any
 from flask import current_app
 
 from ..runtime import Runtime
-from ..security.authz import Authorizer
+from ..security.policy import CasbinAuthorizer
 from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
 from ..services.records import RecordService
+from ..services.roles import RoleService
 
-__all__ = ["Services", "services"]
+__all__ = ["Services", "services", "ensure_fab_role"]
 
 
 @dataclass
 class Services:
     runtime: Runtime
-    authz: Authorizer
+    authz: CasbinAuthorizer
     records: RecordService = field(init=False)
     meta: MetaService = field(init=False)
     audit_log: AuditLog = field(init=False)
+    roles: RoleService = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.records = RecordService(self.runtime, self.authz)
         self.meta = MetaService(self.runtime, self.authz)
         self.audit_log = AuditLog(self.runtime, self.authz)
+        self.roles = RoleService(self.runtime, self.authz)
 
 
 def services() -> Services:
     return current_app.extensions["fincrm"]  # type: ignore[no-any-return]
+
+
+def ensure_fab_role(name: str) -> None:
+    """Membership lives in Flask-AppBuilder's users/roles: every role document has a FAB role."""
+    sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
+    if sm.find_role(name) is None:
+        sm.add_role(name)

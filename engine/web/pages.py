@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Flask, abort, flash, g, redirect, request, url_for
+from flask import Flask, abort, flash, redirect, request, url_for
 from flask_appbuilder import BaseView, IndexView, expose
 from flask_babel import get_locale
 from flask_login import current_user
@@ -19,7 +19,7 @@ from flask_wtf.csrf import generate_csrf
 from ..errors import FinCRMError, NotAuthenticated
 from ..fieldtypes import FIELD_TYPES
 from ..meta.spec import EntitySpec, FieldSpec
-from .auth import current_principal
+from .auth import current_principal, refresh_request_state
 from .context import services
 
 __all__ = ["RecordPages", "HomeView", "register_page_helpers", "lang"]
@@ -59,9 +59,7 @@ def _principal_or_login() -> Any:
 
 
 def _fresh() -> None:
-    rt = services().runtime
-    g.fincrm_stamps = rt.stamps()
-    rt.snapshot(g.fincrm_stamps[0])
+    refresh_request_state()
 
 
 def _login_redirect() -> Any:
