@@ -16,11 +16,11 @@ from flask_appbuilder.models.sqla.base import SQLA
 from engine.config import Settings
 from engine.runtime import Runtime
 from engine.security.policy import CasbinAuthorizer
-from engine.security.crypto import Keyring
 from engine.web.api import api
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
-from engine.web.pages import RecordPages, HomeView, register_page_helpers
+from engine.web.pages import HomeView, RecordPages, register_page_helpers
+from engine.web.security import FinCRMSecurityManager, install_session_hooks, password_policy
 
 ROOT = Path(__file__).resolve().parent
 
@@ -43,6 +43,8 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         # Flask-AppBuilder defaults a bank must not run with (DESIGN §4)
         "FAB_ADD_SECURITY_API": False,
         "FAB_PASSWORD_HASH_METHOD": settings.password_hash,
+        "FAB_PASSWORD_COMPLEXITY_ENABLED": True,
+        "FAB_PASSWORD_COMPLEXITY_VALIDATOR": password_policy,
         "AUTH_RATE_LIMITED": True,
         "RATELIMIT_ENABLED": True,
         "AUTH_RATE_LIMIT": "10 per 20 second",
@@ -72,7 +74,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db = SQLA(app)
     runtime = Runtime(
         settings.database_url,
-        Keyring(settings.master_key),
+        settings.keyring(),
         hashlib.sha256(b"fincrm-cursor\x00" + settings.secret_key.encode()).digest(),
     )
     with app.app_context():
@@ -80,7 +82,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             runtime.init_schema()
         services = Services(runtime, CasbinAuthorizer(runtime))
         app.extensions["fincrm"] = services
-        appbuilder = AppBuilder(app, db.session, indexview=HomeView, base_template="fincrm/base.html")
+        appbuilder = AppBuilder(
+            app, db.session, indexview=HomeView, base_template="fincrm/base.html", security_manager_class=FinCRMSecurityManager
+        )
+        install_session_hooks(app, db.session)
         if settings.auto_init:
             services.roles.sync()
             for doc in services.roles.documents():

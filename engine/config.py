@@ -7,6 +7,8 @@
 | FINCRM_SECRET_KEY | generated into <data dir>/secret.key | Flask sessions, JWT signing, cursors |
 | FINCRM_MASTER_KEY | generated into <data dir>/master.key | base64 32-byte AES-256 master key |
 | FINCRM_MASTER_KEY_FILE | <data dir>/master.key | where the master key lives when not in the env |
+| FINCRM_PREVIOUS_MASTER_KEYS | (none) | older keys, comma-separated base64, readable until rotated away |
+| FINCRM_INDEX_KEY | generated into <data dir>/index.key | base64 key of the blind indexes (never rotates with the data key) |
 | FINCRM_PASSWORD_HASH | scrypt:131072:8:1 | Werkzeug hash method for passwords (OWASP: N ≥ 2^17) |
 | FINCRM_JWT_MINUTES | 30 | access-token lifetime |
 | FINCRM_AUTO_INIT | 1 | create/upgrade tables when the app starts |
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .security.crypto import load_master_key
+from .security.crypto import Keyring, load_master_key, load_previous_keys
 
 __all__ = ["Settings"]
 
@@ -42,9 +44,15 @@ class Settings:
     database_url: str
     secret_key: str
     master_key: bytes
+    previous_keys: tuple[bytes, ...]
+    index_key: bytes
+    key_file: Path
     password_hash: str
     jwt_minutes: int
     auto_init: bool
+
+    def keyring(self) -> Keyring:
+        return Keyring(self.master_key, list(self.previous_keys), self.index_key)
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None) -> "Settings":
@@ -59,6 +67,9 @@ class Settings:
             database_url=url,
             secret_key=secret,
             master_key=load_master_key(env.get("FINCRM_MASTER_KEY"), key_file),
+            previous_keys=tuple(load_previous_keys(env.get("FINCRM_PREVIOUS_MASTER_KEYS"), key_file)),
+            index_key=load_master_key(env.get("FINCRM_INDEX_KEY"), data_dir / "index.key"),
+            key_file=key_file,
             password_hash=env.get("FINCRM_PASSWORD_HASH", "scrypt:131072:8:1"),
             jwt_minutes=int(env.get("FINCRM_JWT_MINUTES", "30")),
             auto_init=env.get("FINCRM_AUTO_INIT", "1") not in ("0", "false", "no"),

@@ -48,13 +48,16 @@ class Keyring:
 
     master: bytes
     previous: list[bytes] = field(default_factory=list)
+    # The blind-index key does not rotate with the data key (indexes would all change);
+    # it defaults to one derived from the master key for single-key setups and tests.
+    index_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if len(self.master) != 32:
             raise ValueError("the master key must be 32 bytes (AES-256)")
         self.current_id = key_id(self.master)
         self._aead = {key_id(k): AESGCM(_derive(k, b"fincrm-data-v1")) for k in [self.master, *self.previous]}
-        self._index_key = _derive(self.master, b"fincrm-blind-index-v1")
+        self._index_key = _derive(self.index_key or self.master, b"fincrm-blind-index-v1")
 
     def encrypt(self, plaintext: str, aad: bytes) -> str:
         nonce = os.urandom(12)
@@ -77,6 +80,18 @@ class Keyring:
     def blind_index(self, scope: str, normalized: str) -> str:
         """HMAC-SHA256 over the normalised value, scoped to ``entity.field``."""
         return hmac.new(self._index_key, f"{scope}\x00{normalized}".encode(), hashlib.sha256).hexdigest()
+
+
+def load_previous_keys(env_value: str | None, key_file: Path | None) -> list[bytes]:
+    """Older master keys still needed to read values not yet re-encrypted by ``keys rotate``:
+    ``FINCRM_PREVIOUS_MASTER_KEYS`` (comma-separated base64) and ``<key file>.old-*`` files."""
+    keys = [base64.b64decode(k.strip()) for k in (env_value or "").split(",") if k.strip()]
+    if key_file is not None:
+        keys += [base64.b64decode(p.read_text().strip()) for p in sorted(key_file.parent.glob(key_file.name + ".old-*"))]
+    for k in keys:
+        if len(k) != 32:
+            raise ValueError("every previous master key must be 32 bytes, base64-encoded")
+    return keys
 
 
 def load_master_key(env_value: str | None, key_file: Path | None) -> bytes:

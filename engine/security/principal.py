@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
-__all__ = ["Principal", "SYSTEM"]
+__all__ = ["Principal", "Grant", "SYSTEM"]
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An approved break-glass request: these fields of this record, in clear, until expiry."""
+
+    request_id: int
+    entity: str
+    record_id: int
+    fields: frozenset[str]
+    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -20,6 +32,7 @@ class Principal:
     branch_ids: frozenset[int] = frozenset()  # my branch and every branch below it
     branch_staff_ids: frozenset[int] = frozenset()  # staff of those branches
     ip: str | None = None  # the request's client address, for the audit trail
+    grants: tuple[Grant, ...] = ()
 
     @classmethod
     def system(cls, purpose: str) -> "Principal":

@@ -30,6 +30,7 @@ from ..meta.spec import SYSTEM_FIELDS, EntitySpec, FieldSpec
 from ..runtime import Runtime, Snapshot, utcnow
 from ..security import audit
 from ..security.authz import Authorizer, FieldAccess, effective_mask
+from ..security.consent import consent_clause
 from ..security.crypto import aad_for
 from ..security.masking import mask_value
 from ..security.principal import Principal
@@ -79,6 +80,11 @@ class _View:
         self.access: dict[str, FieldAccess] = {
             f.name: svc.authz.field_access(principal, self.spec, f) for f in self.spec.live_fields
         }
+        now = utcnow()
+        self.grants: dict[int, tuple[frozenset[str], int]] = {
+            g.record_id: (g.fields, g.request_id) for g in principal.grants if g.entity == entity and g.expires_at > now
+        }
+        self.unmasked: list[dict[str, Any]] = []  # reads under a break-glass grant, audited after
 
     def visible(self) -> list[FieldSpec]:
         return [f for f in self.spec.live_fields if self.access[f.name].view != "hidden"]
@@ -159,9 +165,26 @@ class RecordService:
                 raw = self.runtime.keyring.decrypt(raw, aad_for(v.table.name, f.name, row["id"]))
             value = FIELD_TYPES[f.type].dump(raw) if f.storage == "column" and not f.encrypted else raw
             if v.access[f.name].view == "masked":
-                value = mask_value(effective_mask(f), value)
+                granted = v.grants.get(row["id"])
+                if granted is not None and f.name in granted[0]:
+                    v.unmasked.append({"record_id": row["id"], "field": f.name, "request": granted[1]})
+                else:
+                    value = mask_value(effective_mask(f), value)
             out[f.name] = value
         return out
+
+    def _audit_unmasked(self, v: _View) -> None:
+        """Every read that showed a value in clear under a break-glass grant leaves an entry."""
+        if not v.unmasked:
+            return
+        by_record: dict[int, dict[str, Any]] = {}
+        for u in v.unmasked:
+            entry = by_record.setdefault(u["record_id"], {"fields": [], "request": u["request"]})
+            entry["fields"].append(u["field"])
+        with self.runtime.begin() as conn:
+            for rid, detail in by_record.items():
+                self.audit(conn, v.principal, "unmasked_read", v.spec.name, rid, detail)
+        v.unmasked.clear()
 
     def audit(self, conn: Connection, principal: Principal, action: str, entity: str | None, rid: int | None, detail: Mapping[str, Any] | None = None) -> None:
         audit.append(
@@ -219,6 +242,32 @@ class RecordService:
         ]
         return {"items": items, "next_before": rows[limit - 1].seq if len(rows) > limit else None}
 
+    def personal_data(self, principal: Principal, customer_id: Any) -> dict[str, Any]:
+        """Everything held about one data subject (PIPL access/portability), as the principal
+        may see it; the export itself is audited."""
+        self.authz.require(principal, "customer", "export")
+        record = self.get(principal, "customer", customer_id)
+        snap = self.runtime.cached_snapshot()
+        related: dict[str, list[dict[str, Any]]] = {}
+        for spec, f in snap.registry.referrers("customer"):
+            try:
+                self.authz.require(principal, spec.name, "read")
+            except Forbidden:
+                continue
+            items: list[dict[str, Any]] = []
+            cursor = None
+            while True:
+                page = self.list(principal, spec.name, filter={"field": f.name, "op": "eq", "value": record["id"]}, limit=MAX_LIMIT, cursor=cursor)
+                items += page.items
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            related[f"{spec.name}.{f.name}"] = items
+        with self.runtime.begin() as conn:
+            tags = [r.tag for r in conn.execute(select(tag_table.c.tag).where(tag_table.c.entity == "customer", tag_table.c.record_id == record["id"]))]
+            self.audit(conn, principal, "personal_data_export", "customer", record["id"], {"sections": sorted(related)})
+        return {"subject": record, "tags": sorted(tags), "related": related, "generated_at": FIELD_TYPES["datetime"].dump(utcnow())}
+
     # ------------------------------------------------------------------ reads
 
     def list(
@@ -234,13 +283,20 @@ class RecordService:
         q: str | None = None,
         with_count: bool = False,
         snap: Snapshot | None = None,
+        consent: str | None = None,
     ) -> Page:
+        """One page of records in the principal's scope. ``consent`` (customers only) keeps
+        just those with active consent for that purpose: outbound and marketing lists use it."""
         v = self.view(principal, entity, snap)
         self.authz.require(principal, entity, "read")
         if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", [{"field": "limit", "message": "out of range"}])
         keys = parse_sort(v.spec, sort, v.clear)
         where = and_(v.scope(), self.where(v, filter, q))
+        if consent is not None:
+            if entity != "customer":
+                raise BadRequest("consent filtering applies to customers", [{"field": "consent", "message": "customers only"}])
+            where = and_(where, consent_clause(v.snap, v.table.c.id, consent))
         out_fields = self._columns_for(v, fields)
         sort_fields = [k.field for k in keys if k.field.name not in ("id", "created_at", "updated_at")]
         select_fields = out_fields + [f for f in sort_fields if f not in out_fields]
@@ -263,6 +319,7 @@ class RecordService:
             values = [self._sort_value(v, k.field, last) for k in keys]
             next_cursor = encode_cursor(self.runtime.secret, keys, values)
         items = [self.serialize(v, r, out_fields) for r in rows]
+        self._audit_unmasked(v)
         return Page(items, next_cursor, count, bool(capped))
 
     def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[str, Any]) -> Any:
@@ -309,7 +366,9 @@ class RecordService:
             row = conn.execute(stmt).first()
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
-        return self.serialize(v, row._mapping, out_fields)
+        out = self.serialize(v, row._mapping, out_fields)
+        self._audit_unmasked(v)
+        return out
 
     def count(self, principal: Principal, entity: str, *, filter: Any = None) -> int:
         v = self.view(principal, entity)

@@ -10,12 +10,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 
 from ..errors import BadRequest, InvalidFilter
 from .auth import current_principal, refresh_request_state
 from .context import ensure_fab_role, services
 from .openapi import openapi_document, record_schema
+from .security import revoke_user_sessions
 
 __all__ = ["api"]
 
@@ -103,6 +104,17 @@ def _etag(record: dict[str, Any]) -> dict[str, str]:
     return {"ETag": f'"{record["version"]}"'}
 
 
+# ------------------------------------------------------------------------------ session
+
+
+@api.post("/security/logout")
+def logout() -> Response:
+    """End every session and token of the caller (JWTs cannot be recalled one by one)."""
+    principal = current_principal()
+    revoke_user_sessions(current_app._get_current_object(), int(principal.user_id or 0), "logout", actor=principal.username)  # type: ignore[attr-defined]
+    return _json({"logged_out": True})
+
+
 # ------------------------------------------------------------------------------ records
 
 
@@ -119,6 +131,7 @@ def list_records(entity: str) -> Response:
         fields=_fields_arg(args.get("fields")),
         q=args.get("q") or None,
         with_count=_flag(args.get("count")),
+        consent=args.get("consent") or None,
     )
     return _json(page.to_dict())
 
@@ -126,7 +139,7 @@ def list_records(entity: str) -> Response:
 @api.post("/records/<entity>/query")
 def query_records(entity: str) -> Response:
     data = _object_body()
-    unknown = set(data) - {"filter", "sort", "limit", "cursor", "fields", "q", "count"}
+    unknown = set(data) - {"filter", "sort", "limit", "cursor", "fields", "q", "count", "consent"}
     if unknown:
         name = sorted(unknown)[0][:64]
         raise BadRequest(f"unknown query key {name!r}", [{"field": name, "message": "unknown key"}])
@@ -145,6 +158,7 @@ def query_records(entity: str) -> Response:
         fields=_fields_arg(data.get("fields")),
         q=data.get("q") or None,
         with_count=_flag(data.get("count")),
+        consent=data.get("consent") or None,
     )
     return _json(page.to_dict())
 
@@ -199,6 +213,11 @@ def remove_tag(entity: str, record_id: str, tag: str) -> Response:
     return _json({"tags": services().records.remove_tag(current_principal(), entity, record_id, tag)})
 
 
+@api.get("/records/customer/<record_id>/export-personal-data")
+def export_personal_data(record_id: str) -> Response:
+    return _json(services().records.personal_data(current_principal(), record_id))
+
+
 @api.get("/records/<entity>/<record_id>/history")
 def record_history(entity: str, record_id: str) -> Response:
     limit = _int_arg(request.args.get("limit"), "limit", 100)
@@ -210,6 +229,31 @@ def record_history(entity: str, record_id: str) -> Response:
             current_principal(), entity, record_id, limit=limit, before=_int_arg(before, "before", 0) or None
         )
     )
+
+
+# ------------------------------------------------------------------------------ break-glass
+
+
+@api.post("/access-requests")
+def access_request_create() -> Response:
+    return _json(services().access.create(current_principal(), _object_body()), 201)
+
+
+@api.get("/access-requests")
+def access_request_list() -> Response:
+    return _json(services().access.list(current_principal(), request.args.get("status") or None))
+
+
+@api.get("/access-requests/<request_id>")
+def access_request_get(request_id: str) -> Response:
+    return _json(services().access.get(current_principal(), request_id))
+
+
+@api.post("/access-requests/<request_id>/<decision>")
+def access_request_decide(request_id: str, decision: str) -> Response:
+    if decision not in ("approve", "deny", "revoke"):
+        raise BadRequest("decision must be approve, deny or revoke", [{"field": "decision", "message": "unknown"}])
+    return _json(services().access.decide(current_principal(), request_id, decision))
 
 
 # ------------------------------------------------------------------------------ audit

@@ -22,6 +22,7 @@ from wtforms import ValidationError as CSRFError
 
 from ..errors import Forbidden, NotAuthenticated
 from ..security.org import OrgInfo, load_org
+from ..services.access import active_grants
 from ..security.principal import Principal
 from .context import services
 
@@ -54,6 +55,7 @@ def principal_for_user_id(user_id: int, policy_version: int) -> tuple[Principal,
         snap = svc.runtime.cached_snapshot()
         with svc.runtime.engine.connect() as conn:
             org = load_org(conn, user.id, snap.tables.get("branch"))
+            grants = active_grants(conn, user.id)
         principal = Principal(
             user_id=user.id,
             username=user.username,
@@ -64,6 +66,7 @@ def principal_for_user_id(user_id: int, policy_version: int) -> tuple[Principal,
             team_ids=org.team_ids,
             branch_ids=org.branch_ids,
             branch_staff_ids=org.branch_staff_ids,
+            grants=grants,
         )
         entry = (principal, org)
     if len(cache) > 10_000:

@@ -148,6 +148,50 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
+@main.group("keys")
+def keys_group() -> None:
+    """Encryption keys."""
+
+
+@keys_group.command("rotate")
+@click.option("--resume", is_flag=True, help="only re-encrypt what is still under an older key (no new key)")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
+def keys_rotate(resume: bool, batch: int) -> None:
+    """Make a new master key (key-file setups) and re-encrypt every value under it, resumably.
+
+    With FINCRM_MASTER_KEY in the environment, put the new key there and the old one in
+    FINCRM_PREVIOUS_MASTER_KEYS, then run this to re-encrypt. Interrupted runs continue with
+    --resume (or simply by running again with the same keys)."""
+    import base64
+    import secrets as _secrets
+
+    from app import create_app
+    from engine.config import Settings
+    from engine.security.crypto import key_id
+    from engine.security.rotation import rotate_keys
+
+    settings = Settings.load()
+    if not resume and not os.environ.get("FINCRM_MASTER_KEY"):
+        old = settings.key_file
+        archived = old.with_name(f"{old.name}.old-{key_id(settings.master_key)}")
+        old.rename(archived)
+        fd = os.open(old, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(_secrets.token_bytes(32)).decode() + "\n")
+        click.echo(f"new master key written to {old}; the old one kept as {archived.name} until re-encryption is done")
+    app = create_app()
+    runtime = app.extensions["fincrm"].runtime
+    with click.progressbar(length=0, label="re-encrypting") as bar:
+        done = rotate_keys(runtime, batch=batch, progress=lambda name, n: bar.update(n))
+    with app.app_context():
+        from engine.security import audit
+
+        with runtime.begin() as conn:
+            audit.append(conn, audit.AuditEntry(actor="system:cli", action="keys_rotate", detail={"key_id": runtime.keyring.current_id, "re_encrypted": done}))
+    click.echo("re-encrypted: " + (", ".join(f"{k} {v}" for k, v in done.items()) or "nothing to do"))
+    click.echo(f"current key id {runtime.keyring.current_id}; old key files can be removed once no backup needs them")
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)

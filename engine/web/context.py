@@ -9,6 +9,7 @@ from flask import current_app
 
 from ..runtime import Runtime
 from ..security.policy import CasbinAuthorizer
+from ..services.access import AccessRequests
 from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
 from ..services.records import RecordService
@@ -25,6 +26,7 @@ class Services:
     meta: MetaService = field(init=False)
     audit_log: AuditLog = field(init=False)
     roles: RoleService = field(init=False)
+    access: AccessRequests = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -32,6 +34,7 @@ class Services:
         self.meta = MetaService(self.runtime, self.authz)
         self.audit_log = AuditLog(self.runtime, self.authz)
         self.roles = RoleService(self.runtime, self.authz)
+        self.access = AccessRequests(self.runtime, self.records)
 
 
 def services() -> Services:
