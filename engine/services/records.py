@@ -7,6 +7,7 @@ statement → rows → field policy (decrypt / mask / hide) → plain dicts.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
@@ -343,7 +344,7 @@ class RecordService:
         text = normalize_text(q) if isinstance(q, str) else ""
         if not text or len(text) > 100:
             raise BadRequest("search text must be 1 to 100 characters", [{"field": "q", "message": "bad length"}])
-        parts: list[ColumnElement[bool]] = []
+        parts: builtins.list[ColumnElement[bool]] = []
         ctx = v.filter_context()
         for name in v.spec.search_fields:
             f = v.spec.live_field(name)
@@ -405,7 +406,7 @@ class RecordService:
         """Normalised values of the payload's fields; every problem collected, fields named."""
         if not isinstance(payload, dict):
             raise BadRequest("the request body must be a JSON object")
-        errors: list[dict[str, str]] = []
+        errors: builtins.list[dict[str, str]] = []
         values: dict[str, Any] = {}
         for key, raw in payload.items():
             if key == "version":
@@ -604,13 +605,13 @@ class RecordService:
 
     # ------------------------------------------------------------------ tags
 
-    def tags(self, principal: Principal, entity: str, record_id: Any) -> list[str]:
+    def tags(self, principal: Principal, entity: str, record_id: Any) -> builtins.list[str]:
         self.get(principal, entity, record_id, fields=[])
         t = tag_table
         with self.runtime.engine.connect() as conn:
             return [r.tag for r in conn.execute(select(t.c.tag).where(t.c.entity == entity, t.c.record_id == int(record_id)).order_by(t.c.tag))]
 
-    def add_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any, source: str = "manual") -> list[str]:
+    def add_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any, source: str = "manual") -> builtins.list[str]:
         self.authz.require(principal, entity, "update")
         self.get(principal, entity, record_id, fields=[])
         name = _tag_name(tag)
@@ -626,7 +627,7 @@ class RecordService:
                 self.audit(conn, principal, "tag_add", entity, int(record_id), {"tag": name, "source": source})
         return self.tags(principal, entity, record_id)
 
-    def remove_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any) -> list[str]:
+    def remove_tag(self, principal: Principal, entity: str, record_id: Any, tag: Any) -> builtins.list[str]:
         self.authz.require(principal, entity, "update")
         self.get(principal, entity, record_id, fields=[])
         name = _tag_name(tag)
@@ -640,7 +641,7 @@ class RecordService:
 
     # ------------------------------------------------------------------ bulk
 
-    def bulk_insert(self, principal: Principal, entity: str, payloads: list[dict[str, Any]], conn: Connection | None = None) -> list[int]:
+    def bulk_insert(self, principal: Principal, entity: str, payloads: builtins.list[dict[str, Any]], conn: Connection | None = None) -> builtins.list[int]:
         """Validate every payload, then insert them all in one executemany (all or nothing)."""
         v = self.view(principal, entity)
         self.authz.require(principal, entity, "create")
@@ -663,8 +664,8 @@ class RecordService:
             rows.append(row)
             columns |= row.keys()
         for row in rows:  # executemany needs the same keys in every row
-            for c in columns:
-                row.setdefault(c, None)
+            for name in columns:
+                row.setdefault(name, None)
         if rows:
             detail = {"rows": len(rows), "first_id": ids[0], "last_id": ids[-1]}
             if conn is not None:

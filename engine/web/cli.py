@@ -38,10 +38,17 @@ def _create_app() -> Flask:
 
 
 def _ensure_user(app: Flask, username: str, role: str, password: str, name: str) -> Any:
+    from engine.web.security import password_policy
+    from flask_appbuilder.exceptions import PasswordComplexityValidationError
+
     sm = app.appbuilder.sm  # type: ignore[attr-defined]
     user = sm.find_user(username=username)
     if user is not None:
         return user
+    try:
+        password_policy(password)
+    except PasswordComplexityValidationError as exc:
+        raise click.ClickException(str(exc)) from exc
     role_obj = sm.find_role(role) or sm.add_role(role)
     first, last = name[:1], name[1:] or name
     user = sm.add_user(username, first, last, f"{username}@demo.fincrm.local", [role_obj], password=password)
@@ -52,6 +59,8 @@ def _ensure_user(app: Flask, username: str, role: str, password: str, name: str)
 
 def seed_demo_data(app: Flask, customers: int, password: str) -> None:
     from engine.demo import seed_branches, seed_demo
+    from engine.runtime import POLICY_VERSION
+    from engine.security.org import set_staff
     from engine.security.principal import Principal
 
     svc = app.extensions["fincrm"]
@@ -62,6 +71,16 @@ def seed_demo_data(app: Flask, customers: int, password: str) -> None:
             click.echo("demo data already present; not seeding again")
             return
         branches = seed_branches(svc.records)
+        with svc.runtime.begin() as conn:
+            for username, role, branch_code, _ in DEMO_STAFF:
+                set_staff(
+                    conn,
+                    users[username].id,
+                    branch_id=branches[branch_code],
+                    team="wealth" if username in ("sup1", "rm1", "rm2") else None,
+                    supervisor_id=users["sup1"].id if role == "relationship_manager" else None,
+                )
+            svc.runtime.bump(conn, POLICY_VERSION)
         owners = [(users[u].id, b) for u, r, b, _ in DEMO_STAFF if r == "relationship_manager"]
         with click.progressbar(length=customers, label=f"生成演示数据 / seeding {customers} customers") as bar:
             counts = seed_demo(svc.records, branches=branches, owners=owners, customers=customers, progress=bar.update)
@@ -88,7 +107,7 @@ def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) ->
     password = os.environ.get("FINCRM_DEMO_PASSWORD")
     generated = not password
     if not password:
-        password = secrets.token_urlsafe(12)
+        password = secrets.token_urlsafe(12) + "-Aa1"  # meets the password policy
     app = create_app({"FINCRM_DATA_DIR": str(Path(data_dir).resolve())})
     seed_demo_data(app, customers, password)
     click.echo("")
