@@ -150,29 +150,56 @@ class RecordService:
         return cols
 
     def serialize(self, v: _View, row: Mapping[str, Any], fields: list[FieldSpec]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": row["id"],
-            "version": row["version"],
-            "created_at": FIELD_TYPES["datetime"].dump(row["created_at"]),
-            "updated_at": FIELD_TYPES["datetime"].dump(row["updated_at"]),
-        }
-        ext = row.get("ext") or {}
-        for f in fields:
-            if f.storage == "column":
-                raw = row[f.name]
-            else:
-                raw = ext.get(f.name)
-            if f.encrypted and raw is not None:
-                raw = self.runtime.keyring.decrypt(raw, aad_for(v.table.name, f.name, row["id"]))
-            value = FIELD_TYPES[f.type].dump(raw) if f.storage == "column" and not f.encrypted else raw
-            if v.access[f.name].view == "masked":
-                granted = v.grants.get(row["id"])
-                if granted is not None and f.name in granted[0]:
-                    v.unmasked.append({"record_id": row["id"], "field": f.name, "request": granted[1]})
-                else:
-                    value = mask_value(effective_mask(f), value)
-            out[f.name] = value
-        return out
+        return self.serialize_many(v, [row], fields)[0]
+
+    def serialize_many(self, v: _View, rows: Iterable[Mapping[str, Any]], fields: list[FieldSpec]) -> builtins.list[dict[str, Any]]:
+        """Rows → output dicts through each field's policy: decrypt, dump, mask or show.
+
+        The per-field plan is worked out once per call, not once per row: list pages are the
+        hot path of the whole product.
+        """
+        dump_dt = FIELD_TYPES["datetime"].dump
+        decrypt = self.runtime.keyring.decrypt
+        table = v.table.name
+        plan = [
+            (
+                f.name,
+                f.storage == "column",
+                f.encrypted,
+                None if f.encrypted or f.storage != "column" else FIELD_TYPES[f.type].dump,
+                effective_mask(f) if v.access[f.name].view == "masked" else None,
+                v.access[f.name].view == "masked",
+            )
+            for f in fields
+        ]
+        any_json = any(not p[1] for p in plan)
+        grants = v.grants
+        out_rows = []
+        for row in rows:
+            rid = row["id"]
+            out: dict[str, Any] = {
+                "id": rid,
+                "version": row["version"],
+                "created_at": dump_dt(row["created_at"]),
+                "updated_at": dump_dt(row["updated_at"]),
+            }
+            ext = (row["ext"] or {}) if any_json else {}
+            granted = grants.get(rid) if grants else None
+            for name, in_column, encrypted, dump, rule, masked in plan:
+                raw = row[name] if in_column else ext.get(name)
+                if raw is not None:
+                    if encrypted:
+                        raw = decrypt(raw, aad_for(table, name, rid))
+                    elif dump is not None:
+                        raw = dump(raw)
+                if masked:
+                    if granted is not None and name in granted[0]:
+                        v.unmasked.append({"record_id": rid, "field": name, "request": granted[1]})
+                    else:
+                        raw = mask_value(rule, raw)
+                out[name] = raw
+            out_rows.append(out)
+        return out_rows
 
     def _audit_unmasked(self, v: _View) -> None:
         """Every read that showed a value in clear under a break-glass grant leaves an entry."""
@@ -319,7 +346,7 @@ class RecordService:
             last = rows[-1]
             values = [self._sort_value(v, k.field, last) for k in keys]
             next_cursor = encode_cursor(self.runtime.secret, keys, values)
-        items = [self.serialize(v, r, out_fields) for r in rows]
+        items = self.serialize_many(v, rows, out_fields)
         self._audit_unmasked(v)
         return Page(items, next_cursor, count, bool(capped))
 
