@@ -19,6 +19,7 @@ from engine.security.policy import CasbinAuthorizer
 from engine.web.api import api
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
+from engine.web.logs import install_log_redaction
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
 from engine.web.security import FinCRMSecurityManager, install_session_hooks, password_policy
 
@@ -70,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(flask_config(settings))
     app.config.update({k: v for k, v in config.items() if not k.startswith("FINCRM_")})
     logging.getLogger("fincrm").setLevel(logging.INFO)
+    install_log_redaction()
 
     db = SQLA(app)
     runtime = Runtime(

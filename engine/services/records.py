@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..fieldtypes import FIELD_TYPES, normalize_text
 from ..meta.spec import SYSTEM_FIELDS, EntitySpec, FieldSpec
-from ..runtime import Runtime, Snapshot, utcnow
+from ..runtime import POLICY_VERSION, Runtime, Snapshot, utcnow
 from ..security import audit
 from ..security.authz import Authorizer, FieldAccess, effective_mask
 from ..security.consent import consent_clause
@@ -322,6 +322,8 @@ class RecordService:
         keys = parse_sort(v.spec, sort, v.clear)
         where = and_(v.scope(), self.where(v, filter, q))
         if consent is not None:
+            if not isinstance(consent, str):
+                raise BadRequest("consent must be a purpose name", [{"field": "consent", "message": "must be a string"}])
             if entity != "customer":
                 raise BadRequest("consent filtering applies to customers", [{"field": "consent", "message": "customers only"}])
             where = and_(where, consent_clause(v.snap, v.table.c.id, consent))
@@ -548,6 +550,7 @@ class RecordService:
             conn.execute(insert(v.table).values(**row))
             self._ensure_in_scope(conn, v, rid, "create")
             self.audit(conn, principal, "create", entity, rid, {"changes": self._changes(v, {}, values)})
+            self._org_changed(conn, entity)
         return self.get(principal, entity, rid)
 
     def update(self, principal: Principal, entity: str, record_id: Any, payload: Any, expected_version: Any) -> dict[str, Any]:
@@ -579,6 +582,7 @@ class RecordService:
             before = self._stored_values(v, current._mapping, values.keys())
             changes = self._changes(v, before, values)
             self.audit(conn, principal, "update", entity, rid, {"version": version + 1, "changes": changes})
+            self._org_changed(conn, entity)
         return self.get(principal, entity, rid)
 
     def delete(self, principal: Principal, entity: str, record_id: Any, expected_version: Any = None) -> None:
@@ -604,6 +608,12 @@ class RecordService:
             names = [f.name for f in v.spec.live_fields]
             snapshot = self._changes(v, self._stored_values(v, current._mapping, names), {n: None for n in names})
             self.audit(conn, principal, "delete", entity, rid, {"version": current.version, "changes": snapshot})
+            self._org_changed(conn, entity)
+
+    def _org_changed(self, conn: Connection, entity: str) -> None:
+        """The branch tree feeds every cached principal's branch scope: reload them."""
+        if entity == "branch":
+            self.runtime.bump(conn, POLICY_VERSION)
 
     def _ensure_in_scope(self, conn: Connection, v: _View, rid: int, action: str) -> None:
         """A write must not move a record out of the writer's own scope (owner/branch hijack)."""

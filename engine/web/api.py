@@ -365,6 +365,16 @@ def meta_put_role(name: str) -> Response:
     return _json(doc)
 
 
+@api.get("/staff/<int:user_id>")
+def staff_get(user_id: int) -> Response:
+    return _json(services().staff.get(current_principal(), user_id))
+
+
+@api.put("/staff/<int:user_id>")
+def staff_put(user_id: int) -> Response:
+    return _json(services().staff.put(current_principal(), user_id, _object_body()))
+
+
 # ------------------------------------------------------------------------------ OpenAPI
 
 

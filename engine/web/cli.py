@@ -219,6 +219,8 @@ def run(host: str, port: int, workers: int) -> None:
     """Serve under gunicorn (the app is built once, then forked)."""
     from gunicorn.app.base import BaseApplication
 
+    from engine.web.logs import GUNICORN_ACCESS_FORMAT
+
     from app import create_app
 
     class _Server(BaseApplication):  # type: ignore[misc]
@@ -227,6 +229,7 @@ def run(host: str, port: int, workers: int) -> None:
             self.cfg.set("workers", workers)
             self.cfg.set("preload_app", True)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("access_log_format", GUNICORN_ACCESS_FORMAT)  # no query strings: they can hold C2 data
 
         def load(self) -> Flask:
             return create_app()

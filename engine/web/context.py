@@ -14,6 +14,7 @@ from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
 from ..services.records import RecordService
 from ..services.roles import RoleService
+from ..services.staff import StaffService
 
 __all__ = ["Services", "services", "ensure_fab_role"]
 
@@ -27,6 +28,7 @@ class Services:
     audit_log: AuditLog = field(init=False)
     roles: RoleService = field(init=False)
     access: AccessRequests = field(init=False)
+    staff: StaffService = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -35,6 +37,7 @@ class Services:
         self.audit_log = AuditLog(self.runtime, self.authz)
         self.roles = RoleService(self.runtime, self.authz)
         self.access = AccessRequests(self.runtime, self.records)
+        self.staff = StaffService(self.runtime, self.authz)
 
 
 def services() -> Services:
