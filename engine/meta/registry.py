@@ -183,6 +183,7 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         list_columns=tuple(c for c in doc.get("list_columns", ()) if c in by_name and not by_name[c].archived),
         indexes=tuple(tuple(i) for i in doc.get("indexes", ())),
         icon=doc.get("icon"),
+        retention_years=doc.get("retention_years"),
     )
     return spec, errors
 

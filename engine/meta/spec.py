@@ -12,7 +12,7 @@ from typing import Any, Mapping
 __all__ = ["Label", "Option", "FieldSpec", "RelationSpec", "EntitySpec", "SYSTEM_FIELDS"]
 
 # Columns every entity table has; never declared in metadata, never writable by clients.
-SYSTEM_FIELDS = ("id", "version", "created_at", "updated_at", "created_by", "updated_by")
+SYSTEM_FIELDS = ("id", "version", "created_at", "updated_at", "created_by", "updated_by", "retained_at")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,7 @@ class EntitySpec:
     list_columns: tuple[str, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     icon: str | None = None
+    retention_years: int | None = None
     _by_name: Mapping[str, FieldSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -105,8 +105,10 @@ class _View:
         )
 
     def scope(self, action: str = "read") -> ColumnElement[bool]:
+        """Rows this principal may ``action``: the role's scope, never retained records."""
         clause = self.svc.authz.scope_clause(self.principal, self.spec, self.table, action)
-        return clause if clause is not None else true()
+        live = self.table.c.retained_at.is_(None)
+        return and_(live, clause) if clause is not None else live
 
 
 class RecordService:
@@ -595,6 +597,11 @@ class RecordService:
                 raise NotFound(f"{entity} {rid} not found")
             if expected_version is not None and current.version != _version(expected_version):
                 raise VersionConflict(f"{entity} {rid} was changed by someone else; reload and try again")
+            if v.spec.retention_years:
+                # kept for the legal period: restricted, hidden from every read, not erased
+                conn.execute(update(v.table).where(v.table.c.id == rid).values(retained_at=utcnow(), version=current.version + 1))
+                self.audit(conn, principal, "retain", entity, rid, {"version": current.version + 1, "retention_years": v.spec.retention_years})
+                return
             for spec, f in v.snap.registry.referrers(entity):
                 t = v.snap.tables[spec.name]
                 used = conn.execute(select(t.c.id).where(field_expr(t, f) == rid).limit(1)).first()

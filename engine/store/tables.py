@@ -131,6 +131,8 @@ def entity_columns(spec: EntitySpec) -> list[Any]:
         Column("created_by", Integer),
         Column("updated_by", Integer),
         Column("ext", JsonDoc, nullable=True),
+        # set instead of deleting when the entity has a legal retention period (DESIGN §4)
+        Column("retained_at", DateTime, nullable=True),
     ]
     for f in spec.fields:  # archived fields keep their columns: data is never dropped
         if f.storage == "column":
