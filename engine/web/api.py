@@ -10,9 +10,10 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request, url_for
+from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
 
 from ..errors import BadRequest, InvalidFilter
+from ..io.export import FORMATS, export_csv, export_xlsx
 from .auth import current_principal, refresh_request_state
 from .context import ensure_fab_role, services
 from .openapi import openapi_document, record_schema
@@ -228,6 +229,37 @@ def record_history(entity: str, record_id: str) -> Response:
         services().records.history(
             current_principal(), entity, record_id, limit=limit, before=_int_arg(before, "before", 0) or None
         )
+    )
+
+
+# ------------------------------------------------------------------------------ export
+
+
+@api.get("/export/<entity>")
+def export_records(entity: str) -> Response:
+    fmt = request.args.get("format", "csv")
+    if fmt not in FORMATS:
+        raise BadRequest("format must be csv or xlsx", [{"field": "format", "message": "csv or xlsx"}])
+    lang = "en" if request.args.get("lang") == "en" else "zh"
+    query = {
+        "filter": _filter_arg(request.args.get("filter")),
+        "sort": request.args.get("sort") or None,
+        "q": request.args.get("q") or None,
+        "consent": request.args.get("consent") or None,
+    }
+    make = export_csv if fmt == "csv" else export_xlsx
+    chunks = make(services().records, current_principal(), entity, fields=_fields_arg(request.args.get("fields")), lang=lang, **query)
+    first = next(chunks)  # errors (scope, filter, fields) surface here, before any byte is sent
+
+    def stream() -> Any:
+        yield first
+        yield from chunks
+
+    filename = f"{entity}.{fmt}"
+    return Response(
+        stream_with_context(stream()),
+        mimetype=FORMATS[fmt].split(";")[0],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"},
     )
 
 
