@@ -177,7 +177,7 @@ def seed_demo(
     done = 0
     while done < customers:
         n = min(BATCH, customers - done)
-        people = []
+        people: list[dict[str, Any]] = []
         for i in range(n):
             male = rng.random() < 0.5
             birth = start - dt.timedelta(days=rng.randrange(20 * 365, 75 * 365))

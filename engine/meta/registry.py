@@ -166,8 +166,8 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
     for i, idx in enumerate(doc.get("indexes", [])):
         for j, s in enumerate(idx):
             known(s, pointer(("indexes", i, j)), sortable=True)
-            f = by_name.get(s.lstrip("-"))
-            if f is not None and f.storage != "column":
+            indexed = by_name.get(s.lstrip("-"))
+            if indexed is not None and indexed.storage != "column":
                 errors.append({"pointer": pointer(("indexes", i, j)), "message": "only column-stored fields can be indexed"})
     spec = EntitySpec(
         name=doc["name"],

@@ -66,7 +66,7 @@ class AuditEntry:
     ip: str | None = None
 
 
-def _canonical(row: Mapping[str, Any]) -> bytes:
+def _canonical(row: Mapping[Any, Any]) -> bytes:
     ts = row["ts"]
     body = {
         "seq": int(row["seq"]),
@@ -83,7 +83,7 @@ def _canonical(row: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str).encode()
 
 
-def entry_hash(row: Mapping[str, Any]) -> str:
+def entry_hash(row: Mapping[Any, Any]) -> str:
     return hashlib.sha256(_canonical(row)).hexdigest()
 
 
@@ -116,7 +116,7 @@ def append(conn: Connection, entry: AuditEntry, now: dt.datetime | None = None) 
     row["hash"] = entry_hash(row)
     conn.execute(insert(audit_table).values(**row))
     conn.execute(update(h).where(h.c.id == 1).values(hash=row["hash"]))
-    return row["seq"]
+    return int(row["seq"])
 
 
 def verify(engine: Engine, batch: int = 5000) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def _bad(checked: int, seq: int, reason: str) -> dict[str, Any]:
     return {"ok": False, "checked": checked, "first_bad": seq, "reason": reason}
 
 
-def _rows(conn: Connection, t: Table, batch: int) -> Iterator[Mapping[str, Any]]:
+def _rows(conn: Connection, t: Table, batch: int) -> Iterator[Mapping[Any, Any]]:
     last = 0
     while True:
         rows = conn.execute(select(t).where(t.c.seq > last).order_by(t.c.seq).limit(batch)).all()

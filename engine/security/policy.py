@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import casbin
 from casbin.util import key_match
@@ -96,7 +96,7 @@ class CasbinAuthorizer:
     def rule_table() -> Table:
         return CasbinRule.__table__  # type: ignore[no-any-return]
 
-    def write_policies(self, conn: Connection, docs: list[Mapping[str, Any]]) -> int:
+    def write_policies(self, conn: Connection, docs: Sequence[Mapping[str, Any]]) -> int:
         """Replace every policy row from ``docs`` inside the caller's transaction; moves the stamp."""
         check_roles(docs)
         t = self.rule_table()

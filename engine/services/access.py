@@ -57,7 +57,7 @@ def active_grants(conn: Any, user_id: int, now: dt.datetime | None = None) -> tu
             t.c.requester_id == user_id, t.c.status == "approved", t.c.expires_at > now
         )
     ).all()
-    return tuple(Grant(r.id, r.entity, int(r.record_id), frozenset(r.fields), r.expires_at) for r in rows)
+    return tuple(Grant(r.id, r.entity, int(r.record_id), frozenset(r.fields or ()), r.expires_at) for r in rows)
 
 
 @dataclass
@@ -125,12 +125,12 @@ class AccessRequests:
             new_id = conn.execute(
                 insert(t)
                 .values(
-                    entity=entity, record_id=rid, fields=sorted(set(fields)), reason=reason, minutes=minutes, status="pending",
+                    entity=entity, record_id=rid, fields=sorted(set(fields or ())), reason=reason, minutes=minutes, status="pending",
                     requester_id=principal.user_id, requester=principal.username, created_at=utcnow(),
                 )
                 .returning(t.c.id)
             ).scalar_one()
-            self.records.audit(conn, principal, "access_request", entity, rid, {"request": new_id, "fields": sorted(set(fields)), "reason": reason[:200]})
+            self.records.audit(conn, principal, "access_request", entity, rid, {"request": new_id, "fields": sorted(set(fields or ())), "reason": reason[:200]})
         return self.get(principal, new_id)
 
     def get(self, principal: Principal, request_id: Any) -> dict[str, Any]:

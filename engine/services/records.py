@@ -151,10 +151,10 @@ class RecordService:
         cols += [t.c[f.name] for f in fields if f.storage == "column"]
         return cols
 
-    def serialize(self, v: _View, row: Mapping[str, Any], fields: list[FieldSpec]) -> dict[str, Any]:
+    def serialize(self, v: _View, row: Mapping[Any, Any], fields: list[FieldSpec]) -> dict[str, Any]:
         return self.serialize_many(v, [row], fields)[0]
 
-    def serialize_many(self, v: _View, rows: Iterable[Mapping[str, Any]], fields: list[FieldSpec]) -> builtins.list[dict[str, Any]]:
+    def serialize_many(self, v: _View, rows: Iterable[Mapping[Any, Any]], fields: list[FieldSpec]) -> builtins.list[dict[str, Any]]:
         """Rows → output dicts through each field's policy: decrypt, dump, mask or show.
 
         The per-field plan is worked out once per call, not once per row: list pages are the
@@ -241,7 +241,7 @@ class RecordService:
                 out[name] = {"from": self.audit_value(f, old), "to": self.audit_value(f, new)}
         return out
 
-    def _stored_values(self, v: _View, row: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    def _stored_values(self, v: _View, row: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
         """Current values (normalised Python form) of ``names`` from a full row, decrypted."""
         out: dict[str, Any] = {}
         ext = row.get("ext") or {}
@@ -354,7 +354,7 @@ class RecordService:
         self._audit_unmasked(v)
         return Page(items, next_cursor, count, bool(capped))
 
-    def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[str, Any]) -> Any:
+    def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[Any, Any]) -> Any:
         if f.storage == "column" or f.name in ("id", "created_at", "updated_at"):
             return row[f.name]
         raw = (row.get("ext") or {}).get(f.name)
@@ -636,7 +636,8 @@ class RecordService:
 
         def __enter__(self) -> Connection:
             self.cm = self.svc.runtime.begin()
-            return self.cm.__enter__()
+            conn: Connection = self.cm.__enter__()
+            return conn
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> Any:
             try:

@@ -64,7 +64,7 @@ class RoleService:
         self.authz.require(principal, "meta_roles", "configure")
         for doc in self.documents():
             if doc["name"] == name:
-                return doc
+                return dict(doc)
         raise NotFound(f"unknown role {name!r}")
 
     def put(self, principal: Principal, name: str, doc: Any) -> dict[str, Any]:
@@ -94,4 +94,4 @@ class RoleService:
                 ),
             )
         self.authz.refresh(policy_version)
-        return doc
+        return dict(doc)

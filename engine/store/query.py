@@ -63,15 +63,18 @@ def field_expr(table: Table, f: FieldSpec) -> ColumnElement[Any]:
         return table.c[f.name]
     element = table.c.ext[f.name]
     kind = FIELD_TYPES[f.type].json_as
+    expr: ColumnElement[Any]
     if kind == "integer":
-        return element.as_integer()
-    if kind == "numeric":
-        return element.as_numeric(f.precision, f.scale)
-    if kind == "boolean":
-        return element.as_boolean()
-    if kind == "json":
-        return element
-    return element.as_string()
+        expr = element.as_integer()
+    elif kind == "numeric":
+        expr = element.as_numeric(f.precision, f.scale)
+    elif kind == "boolean":
+        expr = element.as_boolean()
+    elif kind == "json":
+        expr = element
+    else:
+        expr = element.as_string()
+    return expr
 
 
 @dataclass(frozen=True)
@@ -201,11 +204,15 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
         start, end = _window(ctx, f, op, days)
         return expr.between(_bindable(f, start), _bindable(f, end))
     v = _bindable(f, _value(f, value))
-    if op == "eq":
-        return expr == v
-    if op == "ne":
-        return or_(expr != v, expr.is_(None))
-    return {"lt": expr < v, "lte": expr <= v, "gt": expr > v, "gte": expr >= v}[op]
+    compare: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: expr == v,
+        "ne": lambda: or_(expr != v, expr.is_(None)),
+        "lt": lambda: expr < v,
+        "lte": lambda: expr <= v,
+        "gt": lambda: expr > v,
+        "gte": lambda: expr >= v,
+    }
+    return compare[op]()
 
 
 def _list(value: Any) -> list[Any]:
@@ -324,7 +331,7 @@ def decode_cursor(secret: bytes, keys: list[SortKey], cursor: str) -> list[Any]:
     signature, dumped = json.loads(body)
     if signature != _signature(keys) or len(dumped) != len(keys):
         raise InvalidCursor("cursor belongs to a different sort order")
-    values = []
+    values: list[Any] = []
     for k, v in zip(keys, dumped):
         if v is None:
             values.append(None)

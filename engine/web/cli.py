@@ -223,7 +223,7 @@ def run(host: str, port: int, workers: int) -> None:
 
     from app import create_app
 
-    class _Server(BaseApplication):  # type: ignore[misc]
+    class _Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)

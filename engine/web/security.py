@@ -51,7 +51,7 @@ def revoke_user_sessions(app: Flask, user_id: int, reason: str, actor: str = "sy
         audit.append(conn, audit.AuditEntry(actor=actor, action="sessions_revoked", entity="user", record_id=user_id, detail={"reason": reason}, ip=_ip()))
 
 
-class FinCRMSecurityManager(SecurityManager):  # type: ignore[misc]
+class FinCRMSecurityManager(SecurityManager):
     """One level below Flask-AppBuilder's manager: audits logins, nothing else changes."""
 
     def auth_user_db(self, username: str, password: str) -> Any:
