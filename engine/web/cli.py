@@ -116,7 +116,10 @@ def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) ->
     if generated:
         click.echo(f"password for every demo account (set FINCRM_DEMO_PASSWORD to choose): {password}")
     if not no_serve:
-        app.run(host=host, port=port, threaded=True, use_reloader=False)
+        from werkzeug.serving import run_simple
+
+        # Flask refuses app.run() inside its own CLI; serve with Werkzeug directly (threaded)
+        run_simple(host, port, app, threaded=True, use_reloader=False)
 
 
 @main.command("init")

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, json, request
+from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 
 from ..errors import FinCRMError
@@ -47,9 +48,15 @@ def wants_json() -> bool:
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FinCRMError)
-    def _fincrm(exc: FinCRMError) -> Response:
+    def _fincrm(exc: FinCRMError) -> Any:
         if exc.status >= 500:
             return _internal(exc)
+        if not wants_json():
+            return Response(
+                f"<!doctype html><meta charset=utf-8><title>{exc.status}</title><h1>{exc.status}</h1><p>{escape(exc.message)}</p>",
+                status=exc.status,
+                mimetype="text/html",
+            )
         return error_response(exc.status, exc.code, exc.message, exc.details)
 
     @app.errorhandler(HTTPException)
@@ -69,4 +76,8 @@ def register_error_handlers(app: Flask) -> None:
 def _internal(exc: Exception) -> Response:
     ref = uuid.uuid4().hex[:12]
     log.exception("unhandled error %s on %s %s", ref, request.method, request.path)
-    return error_response(500, "internal_error", f"an internal error occurred (reference {ref}); it has been logged")
+    message = f"an internal error occurred (reference {ref}); it has been logged"
+    if not wants_json():
+        page = f"<!doctype html><meta charset=utf-8><title>500</title><h1>系统错误 / Internal error</h1><p>{message}</p>"
+        return Response(page, status=500, mimetype="text/html")
+    return error_response(500, "internal_error", message)

@@ -7,18 +7,20 @@ forms post with the session's CSRF token.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
+from decimal import Decimal
 from typing import Any
 
-from flask import Flask, abort, flash, g, redirect, request, url_for
+from flask import Flask, abort, current_app, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, IndexView, expose
 from flask_babel import get_locale
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
 from ..errors import FinCRMError, NotAuthenticated
-from ..fieldtypes import FIELD_TYPES
+from ..fieldtypes import FIELD_TYPES, LOCAL_TZ
 from ..meta.spec import EntitySpec, FieldSpec
 from .auth import current_principal, refresh_request_state
 from .context import services
@@ -85,8 +87,26 @@ def display(f: FieldSpec, value: Any) -> Any:
     if f.type == "boolean":
         return _t("是", "Yes") if value else _t("否", "No")
     if f.type == "datetime" and isinstance(value, str) and value.endswith("Z"):
-        return value.replace("T", " ").removesuffix("Z") + " UTC"
+        moment = dt.datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=dt.timezone.utc)
+        return moment.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
+    if f.type == "decimal" and isinstance(value, str) and "*" not in value:
+        try:
+            return f"{Decimal(value):,}"
+        except ArithmeticError:
+            return value
+    if f.type == "user" and isinstance(value, int):
+        return user_names().get(value, f"#{value}")
     return value
+
+
+def user_names() -> dict[int, str]:
+    """Staff display names, read once per request (one query) for user-type fields."""
+    if "fincrm_user_names" not in g:
+        sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
+        model = sm.user_model
+        rows = sm.session.query(model.id, model.first_name, model.last_name).all()
+        g.fincrm_user_names = {r.id: f"{r.first_name}{r.last_name}" for r in rows}
+    return g.fincrm_user_names  # type: ignore[no-any-return]
 
 
 class HomeView(IndexView):
