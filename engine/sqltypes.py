@@ -29,7 +29,7 @@ class Money(TypeDecorator[Decimal]):
     impl = Numeric
     cache_ok = True
 
-    def __init__(self, precision: int = 20, scale: int = 2) -> None:
+    def __init__(self, precision: int = 18, scale: int = 2) -> None:
         super().__init__()
         self.precision = precision
         self.scale = scale

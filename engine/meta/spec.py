@@ -52,7 +52,7 @@ class FieldSpec:
     pattern: str | None = None
     options: tuple[Option, ...] = ()
     ref: str | None = None
-    precision: int = 20
+    precision: int = 18
     scale: int = 2
     sensitivity: str | None = None
     encrypted: bool = False

@@ -14,7 +14,9 @@ from ..meta.spec import EntitySpec
 
 __all__ = ["openapi_document", "record_schema"]
 
-_cache: dict[int, dict[str, Any]] = {}
+# keyed by the registry object itself (held, so its id cannot be reused): two apps in one
+# process, or two databases in one test run, may share version numbers but never a registry
+_cache: dict[int, tuple[Registry, dict[str, Any]]] = {}
 
 
 def record_schema(spec: EntitySpec, *, for_input: bool = False) -> dict[str, Any]:
@@ -64,9 +66,9 @@ def _error_ref() -> dict[str, Any]:
 
 
 def openapi_document(registry: Registry) -> dict[str, Any]:
-    cached = _cache.get(registry.version)
-    if cached is not None:
-        return cached
+    cached = _cache.get(id(registry))
+    if cached is not None and cached[0] is registry:
+        return cached[1]
     schemas: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -147,5 +149,5 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
     }
     if len(_cache) > 8:
         _cache.clear()
-    _cache[registry.version] = doc
+    _cache[id(registry)] = (registry, doc)
     return doc
