@@ -239,3 +239,14 @@ def test_full_width_digits_are_normalised(client: Any, login: Any) -> None:
     assert created.status_code == 201, created.json
     assert created.json["mobile"] == "138****8000"
     assert created.json["id_number"] == "110***********002X"
+
+
+def test_logout_ends_the_token_and_a_new_login_works_at_once(client: Any, login: Any) -> None:
+    from tests.conftest import TEST_PASSWORD
+
+    rm1 = login("rm1")
+    assert client.post("/api/v1/security/logout", headers=rm1).status_code == 200
+    assert client.get("/api/v1/records/customer", headers=rm1).status_code == 401
+    fresh = client.post("/api/v1/security/login", json={"username": "rm1", "password": TEST_PASSWORD, "provider": "db"})
+    again = {"Authorization": f"Bearer {fresh.json['access_token']}"}
+    assert client.get("/api/v1/records/customer", headers=again).status_code == 200

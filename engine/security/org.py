@@ -7,15 +7,14 @@ principal carries the resolved id sets, computed once per policy version and cac
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, DateTime, Integer, String, Table, insert, or_, select, update
+from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, insert, or_, select, update
 
 from ..store.tables import system_metadata
 
-__all__ = ["staff_table", "OrgInfo", "load_org", "set_staff", "branch_subtree"]
+__all__ = ["staff_table", "OrgInfo", "load_org", "set_staff", "branch_subtree", "session_epoch", "next_session_epoch"]
 
 staff_table = Table(
     "fincrm_staff",
@@ -24,8 +23,9 @@ staff_table = Table(
     Column("branch_id", BigInteger),
     Column("team", String(64)),
     Column("supervisor_id", Integer),
-    # tokens and sessions issued before this moment are refused (logout, disable, role change)
-    Column("tokens_valid_after", DateTime),
+    # every session and token carries the epoch it was issued in; logout, disable and role
+    # change move the epoch on, so all earlier ones are refused
+    Column("session_epoch", Integer, nullable=False, default=0),
 )
 
 
@@ -37,7 +37,7 @@ class OrgInfo:
     team_ids: frozenset[int]
     branch_ids: frozenset[int]
     branch_staff_ids: frozenset[int]
-    tokens_valid_after: dt.datetime | None
+    session_epoch: int
 
 
 def branch_subtree(conn: Connection, branch_table: Table | None, root: int | None) -> frozenset[int]:
@@ -57,7 +57,7 @@ def load_org(conn: Connection, user_id: int, branch_table: Table | None) -> OrgI
     s = staff_table
     me = conn.execute(select(s).where(s.c.user_id == user_id)).first()
     if me is None:
-        return OrgInfo(None, None, None, frozenset({user_id}), frozenset(), frozenset({user_id}), None)
+        return OrgInfo(None, None, None, frozenset({user_id}), frozenset(), frozenset({user_id}), 0)
     conds = [s.c.supervisor_id == user_id]
     if me.team:
         conds.append(s.c.team == me.team)
@@ -71,15 +71,27 @@ def load_org(conn: Connection, user_id: int, branch_table: Table | None) -> OrgI
         team_ids=frozenset(team),
         branch_ids=branches,
         branch_staff_ids=frozenset(staff | {user_id}),
-        tokens_valid_after=me.tokens_valid_after,
+        session_epoch=int(me.session_epoch or 0),
     )
 
 
 def set_staff(conn: Connection, user_id: int, **values: Any) -> None:
-    """Create or update a staff profile (branch_id, team, supervisor_id, tokens_valid_after)."""
+    """Create or update a staff profile (branch_id, team, supervisor_id)."""
     s = staff_table
-    allowed = {k: v for k, v in values.items() if k in ("branch_id", "team", "supervisor_id", "tokens_valid_after")}
+    allowed = {k: v for k, v in values.items() if k in ("branch_id", "team", "supervisor_id")}
     if conn.execute(select(s.c.user_id).where(s.c.user_id == user_id)).first() is None:
         conn.execute(insert(s).values(user_id=user_id, **allowed))
     elif allowed:
         conn.execute(update(s).where(s.c.user_id == user_id).values(**allowed))
+
+
+def session_epoch(conn: Connection, user_id: int) -> int:
+    value = conn.execute(select(staff_table.c.session_epoch).where(staff_table.c.user_id == user_id)).scalar()
+    return int(value or 0)
+
+
+def next_session_epoch(conn: Connection, user_id: int) -> int:
+    """End every session and token of ``user_id`` by moving its epoch on; returns the new one."""
+    set_staff(conn, user_id)
+    conn.execute(update(staff_table).where(staff_table.c.user_id == user_id).values(session_epoch=staff_table.c.session_epoch + 1))
+    return session_epoch(conn, user_id)

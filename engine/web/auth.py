@@ -9,7 +9,6 @@ Flask-AppBuilder's REST base is CSRF-exempt.
 from __future__ import annotations
 
 from dataclasses import replace
-import datetime as dt
 from typing import Any
 
 from flask import current_app, g, request, session
@@ -85,7 +84,7 @@ def current_principal() -> Principal:
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     meta_version, policy_version = refresh_request_state()
-    issued_at: dt.datetime | None = None
+    epoch: int | None = None
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
@@ -99,7 +98,7 @@ def current_principal() -> Principal:
             raise NotAuthenticated("a refresh token cannot be used to call the API")
         try:
             user_id = int(claims["sub"])
-            issued_at = dt.datetime.fromtimestamp(int(claims["iat"]), dt.timezone.utc).replace(tzinfo=None)
+            epoch = int(claims["fincrm_epoch"]) if "fincrm_epoch" in claims else None
         except (KeyError, TypeError, ValueError) as exc:
             raise NotAuthenticated("the access token is invalid") from exc
     elif current_user and current_user.is_authenticated:
@@ -111,8 +110,7 @@ def current_principal() -> Principal:
             except CSRFError as exc:
                 raise Forbidden("missing or invalid CSRF token for a cookie-authenticated request") from exc
         user_id = int(current_user.id)
-        login_at = session.get("fincrm_login_at")
-        issued_at = dt.datetime.fromtimestamp(float(login_at), dt.timezone.utc).replace(tzinfo=None) if login_at else None
+        epoch = session.get("fincrm_epoch")
     else:
         raise NotAuthenticated("log in first: POST /api/v1/security/login")
     entry = principal_for_user_id(user_id, policy_version)
@@ -120,7 +118,7 @@ def current_principal() -> Principal:
         raise NotAuthenticated("this account is disabled or no longer exists")
     principal, org = entry
     # tokens and sessions from before a logout, disable or role change are dead
-    if org.tokens_valid_after is not None and (issued_at is None or issued_at < org.tokens_valid_after):
+    if epoch != org.session_epoch:
         raise NotAuthenticated("this session has ended (logged out or account changed); log in again")
     principal = replace(principal, ip=request.remote_addr)
     g.fincrm_principal = principal

@@ -2,17 +2,15 @@
 
 Flask-AppBuilder keeps users and roles; FinCRM adds what a bank needs around them:
 - every login attempt (success or failure) is audited, with the client address;
-- a browser session remembers when it logged in; logging out, disabling an account or changing
-  its roles sets ``tokens_valid_after`` and moves the policy stamp, so every older session and
-  JWT of that user is refused on its next request, in every process;
+- every browser session and JWT carries the user's session epoch at issue; logging out,
+  disabling an account or changing its roles moves the epoch on (and the policy stamp), so every
+  earlier session and token of that user is refused on its next request, in every process;
 - passwords must be at least 10 characters with three of: lower, upper, digit, symbol.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
-import time
 from typing import Any
 
 from flask import Flask, current_app, has_request_context, request, session
@@ -21,9 +19,9 @@ from flask_appbuilder.security.sqla.manager import SecurityManager
 from flask_login import user_logged_in, user_logged_out
 from sqlalchemy import event, inspect as sa_inspect
 
-from ..runtime import POLICY_VERSION, utcnow
+from ..runtime import POLICY_VERSION
 from ..security import audit
-from ..security.org import set_staff
+from ..security.org import next_session_epoch, session_epoch
 
 __all__ = ["FinCRMSecurityManager", "password_policy", "install_session_hooks", "revoke_user_sessions"]
 
@@ -41,14 +39,18 @@ def _ip() -> str | None:
     return request.remote_addr if has_request_context() else None
 
 
+def current_epoch(app: Flask, user_id: int) -> int:
+    with app.extensions["fincrm"].runtime.engine.connect() as conn:
+        return session_epoch(conn, user_id)
+
+
 def revoke_user_sessions(app: Flask, user_id: int, reason: str, actor: str = "system") -> None:
     """Kill every session and token of ``user_id`` issued before now; audited."""
     runtime = app.extensions["fincrm"].runtime
     with runtime.begin() as conn:
-        # one second of slack: a token issued in this same second is refused as well
-        set_staff(conn, user_id, tokens_valid_after=utcnow() + dt.timedelta(seconds=1))
+        epoch = next_session_epoch(conn, user_id)
         runtime.bump(conn, POLICY_VERSION)
-        audit.append(conn, audit.AuditEntry(actor=actor, action="sessions_revoked", entity="user", record_id=user_id, detail={"reason": reason}, ip=_ip()))
+        audit.append(conn, audit.AuditEntry(actor=actor, action="sessions_revoked", entity="user", record_id=user_id, detail={"reason": reason, "epoch": epoch}, ip=_ip()))
 
 
 class FinCRMSecurityManager(SecurityManager):
@@ -74,13 +76,22 @@ class FinCRMSecurityManager(SecurityManager):
 def install_session_hooks(app: Flask, db_session: Any) -> None:
     @user_logged_in.connect_via(app)
     def _logged_in(sender: Any, user: Any, **extra: Any) -> None:
-        session["fincrm_login_at"] = time.time()
+        session["fincrm_epoch"] = current_epoch(app, int(user.id))
+
+    jwt = app.extensions["flask-jwt-extended"]
+
+    @jwt.additional_claims_loader
+    def _epoch_claim(identity: Any) -> dict[str, Any]:
+        try:
+            return {"fincrm_epoch": current_epoch(app, int(identity))}
+        except (TypeError, ValueError):
+            return {}
 
     @user_logged_out.connect_via(app)
     def _logged_out(sender: Any, user: Any, **extra: Any) -> None:
         if user is not None and getattr(user, "id", None) is not None:
             revoke_user_sessions(app, int(user.id), "logout", actor=user.username)
-        session.pop("fincrm_login_at", None)
+        session.pop("fincrm_epoch", None)
 
     @event.listens_for(db_session, "after_flush")
     def _watch_users(sess: Any, flush_context: Any) -> None:
