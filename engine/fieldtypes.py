@@ -297,7 +297,9 @@ def _dump_datetime(v: Any) -> Any:
         return None
     if isinstance(v, str):
         return v
-    return v.replace(tzinfo=dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    if v.tzinfo is not None:
+        v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return v.isoformat() + "Z"  # stored values are naive UTC
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,9 @@ def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
         return engine
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 20)
-    kw.setdefault("pool_pre_ping", True)
+    # no pre-ping (a round trip on every checkout); stale connections are recycled instead and
+    # a dropped one invalidates the pool on first use
+    kw.setdefault("pool_recycle", 1800)
     return create_engine(url, **kw)
 
 
@@ -86,9 +88,15 @@ class Runtime:
     ids: IdAllocator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(self.url)
-        # writes go through their own engine on SQLite (BEGIN IMMEDIATE); same engine elsewhere
-        self.write_engine = make_engine(self.url, immediate=True, pool_size=5) if self.url.startswith("sqlite") else self.engine
+        # Reads and writes use separate pools. Reads autocommit on PostgreSQL: a list page or a
+        # get is one statement, so no BEGIN/ROLLBACK round trips. Writes are transactions (on
+        # SQLite taking the write lock up front with BEGIN IMMEDIATE).
+        if self.url.startswith("sqlite"):
+            self.engine = make_engine(self.url)
+            self.write_engine = make_engine(self.url, immediate=True, pool_size=5)
+        else:
+            self.engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
+            self.write_engine = make_engine(self.url, pool_size=5, max_overflow=10)
         self.ids = IdAllocator(self.write_engine)
         self.dialect = self.engine.dialect.name
         self._lock = threading.RLock()
@@ -135,7 +143,7 @@ class Runtime:
             stored[:] = [d for d in stored if d["name"] != doc["name"]] + [doc]
         docs = self.core_documents + entities
         registry = build_registry(docs, overlays, version)
-        md, tables = build_entity_tables(registry)
+        md, tables = build_entity_tables(registry, self.dialect)
         return Snapshot(registry, md, tables)
 
     def _load(self) -> Snapshot:

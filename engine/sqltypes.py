@@ -53,4 +53,6 @@ class Money(TypeDecorator[Decimal]):
             return None
         if dialect.name == "sqlite":
             return (Decimal(int(value)) * self._unit).quantize(self._unit)
+        if isinstance(value, Decimal) and value.as_tuple().exponent == -self.scale:
+            return value  # NUMERIC(p, s) already arrives with its scale
         return Decimal(value).quantize(self._unit)

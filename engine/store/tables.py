@@ -140,13 +140,22 @@ def entity_columns(spec: EntitySpec) -> list[Any]:
     return cols
 
 
-def build_entity_tables(registry: Registry) -> tuple[MetaData, dict[str, Table]]:
+def build_entity_tables(registry: Registry, dialect: str = "sqlite") -> tuple[MetaData, dict[str, Table]]:
     md = MetaData(naming_convention=NAMING)
     tables: dict[str, Table] = {}
     for spec in registry.entities.values():
         t = Table(spec.table_name, md, *entity_columns(spec))
         for idx in spec.indexes:
-            exprs = [t.c[c.lstrip("-")].desc() if c.startswith("-") else t.c[c] for c in idx]
+            exprs = [_index_key(t, c, dialect) for c in idx]
             Index(index_name(spec.table_name, list(idx)), *exprs)
         tables[spec.name] = t
     return md, tables
+
+
+def _index_key(t: Table, key: str, dialect: str) -> Any:
+    """Index keys in the order lists sort (NULLS LAST), so PostgreSQL can read pages off the
+    index; SQLite has no NULLS clause in indexes (it sorts NULLs first and scans backwards)."""
+    col = t.c[key.lstrip("-")]
+    if not key.startswith("-"):
+        return col
+    return col.desc().nulls_last() if dialect == "postgresql" else col.desc()
