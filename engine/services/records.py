@@ -144,11 +144,20 @@ class RecordService:
         return wanted
 
     def _select_columns(self, v: _View, fields: list[FieldSpec]) -> list[Any]:
+        """System columns plus one output column per field. JSON-stored fields are extracted
+        in SQL (their stored JSON form as text, integers and booleans typed), so no row's whole
+        ``ext`` document is shipped and parsed just to read a few keys."""
         t = v.table
         cols: list[Any] = [t.c.id, t.c.version, t.c.created_at, t.c.updated_at, t.c.created_by, t.c.updated_by]
-        if any(f.storage == "json" for f in fields):
-            cols.append(t.c.ext)
-        cols += [t.c[f.name] for f in fields if f.storage == "column"]
+        for f in fields:
+            if f.storage == "column":
+                cols.append(t.c[f.name])
+            elif f.type == "multi_enum":
+                cols.append(t.c.ext[f.name].label(f.name))
+            elif f.type in ("integer", "boolean", "ref", "user") and not f.encrypted:
+                cols.append(field_expr(t, f).label(f.name))
+            else:
+                cols.append(t.c.ext[f.name].as_string().label(f.name))
         return cols
 
     def serialize(self, v: _View, row: Mapping[Any, Any], fields: list[FieldSpec]) -> dict[str, Any]:
@@ -166,7 +175,6 @@ class RecordService:
         plan = [
             (
                 f.name,
-                f.storage == "column",
                 f.encrypted,
                 None if f.encrypted or f.storage != "column" else FIELD_TYPES[f.type].dump,
                 effective_mask(f) if v.access[f.name].view == "masked" else None,
@@ -174,7 +182,6 @@ class RecordService:
             )
             for f in fields
         ]
-        any_json = any(not p[1] for p in plan)
         grants = v.grants
         out_rows = []
         for row in rows:
@@ -185,10 +192,9 @@ class RecordService:
                 "created_at": dump_dt(row["created_at"]),
                 "updated_at": dump_dt(row["updated_at"]),
             }
-            ext = (row["ext"] or {}) if any_json else {}
             granted = grants.get(rid) if grants else None
-            for name, in_column, encrypted, dump, rule, masked in plan:
-                raw = row[name] if in_column else ext.get(name)
+            for name, encrypted, dump, rule, masked in plan:
+                raw = row[name]
                 if raw is not None:
                     if encrypted:
                         raw = decrypt(raw, aad_for(table, name, rid))
@@ -337,7 +343,7 @@ class RecordService:
             stmt = stmt.where(keyset_clause(v.table, keys, decode_cursor(self.runtime.secret, keys, cursor)))
         stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
         with self.runtime.engine.connect() as conn:
-            rows = [r._mapping for r in conn.execute(stmt)]
+            rows = conn.execute(stmt).mappings().all()
             count = capped = None
             if with_count:
                 sub = select(v.table.c.id).where(where).limit(COUNT_CAP + 1).subquery()
@@ -355,12 +361,10 @@ class RecordService:
         return Page(items, next_cursor, count, bool(capped))
 
     def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[Any, Any]) -> Any:
-        if f.storage == "column" or f.name in ("id", "created_at", "updated_at"):
-            return row[f.name]
-        raw = (row.get("ext") or {}).get(f.name)
-        if raw is None:
-            return None
-        return FIELD_TYPES[f.type].normalize(raw, f)
+        raw = row[f.name]
+        if raw is None or f.storage == "column" or f.name in ("id", "created_at", "updated_at"):
+            return raw
+        return FIELD_TYPES[f.type].normalize(raw, replace(f, min=None, max=None, max_length=None, pattern=None))
 
     def where(self, v: _View, filter: Any, q: str | None) -> ColumnElement[bool]:
         clause: ColumnElement[bool] = true()
@@ -398,7 +402,7 @@ class RecordService:
             row = conn.execute(stmt).first()
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
-        out = self.serialize(v, row._mapping, out_fields)
+        out = self.serialize(v, row._mapping, out_fields)  # one row: the same per-field plan
         self._audit_unmasked(v)
         return out
 
