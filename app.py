@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -84,6 +85,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             runtime.init_schema()
         services = Services(runtime, CasbinAuthorizer(runtime))
         app.extensions["fincrm"] = services
+        fab_engine = db.engine
+        os.register_at_fork(after_in_child=lambda: fab_engine.dispose(close=False))
         appbuilder = AppBuilder(
             app, db.session, indexview=HomeView, base_template="fincrm/base.html", security_manager_class=FinCRMSecurityManager
         )

@@ -9,7 +9,9 @@ immutable, so one request sees one consistent version of the metadata from start
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,6 +69,14 @@ def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
     return create_engine(url, **kw)
 
 
+def _drop_pools(ref: "weakref.ReferenceType[Runtime]") -> None:
+    runtime = ref()
+    if runtime is not None:
+        runtime.engine.dispose(close=False)
+        if runtime.write_engine is not runtime.engine:
+            runtime.write_engine.dispose(close=False)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     registry: Registry
@@ -98,6 +108,10 @@ class Runtime:
             self.engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
             self.write_engine = make_engine(self.url, pool_size=5, max_overflow=10)
         self.ids = IdAllocator(self.write_engine)
+        # Pooled connections must not cross a fork (gunicorn --preload): the child drops them
+        # without closing them, as SQLAlchemy recommends, and opens its own.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _drop_pools(ref))
         self.dialect = self.engine.dialect.name
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
@@ -155,7 +169,12 @@ class Runtime:
         return int(conn.execute(select(state_table.c.value).where(state_table.c.key == key)).scalar_one())
 
     def stamps(self) -> tuple[int, int]:
-        """(metadata version, policy version), in one primary-key read."""
+        """(metadata version, policy version), in one primary-key read.
+
+        Read on every request, on purpose: a change committed by any process must be seen by
+        every other one on its very next request. (LISTEN/NOTIFY was tried: notifications
+        reach other processes asynchronously, so a request right after a change could still
+        run on the old metadata.)"""
         with self.engine.connect() as conn:
             rows = dict(conn.execute(select(state_table.c.key, state_table.c.value)).all())
         return int(rows[META_VERSION]), int(rows[POLICY_VERSION])

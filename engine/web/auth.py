@@ -9,6 +9,7 @@ Flask-AppBuilder's REST base is CSRF-exempt.
 from __future__ import annotations
 
 from dataclasses import replace
+import time
 from typing import Any
 
 from flask import current_app, g, request, session
@@ -78,6 +79,27 @@ def forget_principals() -> None:
     services().principal_cache.clear()
 
 
+_CLAIMS: dict[str, dict[str, Any]] = {}
+
+
+def _verified_claims(token: str) -> dict[str, Any]:
+    """Claims of a signature-checked token; the check is remembered per token (its expiry is
+    still checked on every use), so a busy client does not pay for HMAC + JSON each request."""
+    claims = _CLAIMS.get(token)
+    if claims is None:
+        try:
+            claims = decode_token(token)
+        except (JWTExtendedException, PyJWTError, ValueError) as exc:
+            raise NotAuthenticated("the access token is invalid or expired; log in again") from exc
+        if len(_CLAIMS) > 10_000:
+            _CLAIMS.clear()
+        _CLAIMS[token] = claims
+    if int(claims.get("exp", 0)) <= time.time():
+        _CLAIMS.pop(token, None)
+        raise NotAuthenticated("the access token has expired; log in again")
+    return claims
+
+
 def current_principal() -> Principal:
     """The authenticated principal of this request, or :class:`NotAuthenticated` (401)."""
     cached = g.get("fincrm_principal")
@@ -90,10 +112,7 @@ def current_principal() -> Principal:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthenticated("use 'Authorization: Bearer <access token>'")
-        try:
-            claims: dict[str, Any] = decode_token(token.strip())
-        except (JWTExtendedException, PyJWTError, ValueError) as exc:
-            raise NotAuthenticated("the access token is invalid or expired; log in again") from exc
+        claims = _verified_claims(token.strip())
         if claims.get("type") != "access":
             raise NotAuthenticated("a refresh token cannot be used to call the API")
         try:
