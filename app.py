@@ -22,7 +22,7 @@ from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
 from engine.web.logs import install_log_redaction
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
-from engine.web.security import FinCRMSecurityManager, install_session_hooks, password_policy
+from engine.web.security import FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy
 
 ROOT = Path(__file__).resolve().parent
 
@@ -91,6 +91,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             app, db.session, indexview=HomeView, base_template="fincrm/base.html", security_manager_class=FinCRMSecurityManager
         )
         install_session_hooks(app, db.session)
+        limit_api_login(appbuilder)
         if settings.auto_init:
             services.roles.sync()
             for doc in services.roles.documents():

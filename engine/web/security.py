@@ -23,7 +23,7 @@ from ..runtime import POLICY_VERSION
 from ..security import audit
 from ..security.org import next_session_epoch, session_epoch
 
-__all__ = ["FinCRMSecurityManager", "password_policy", "install_session_hooks", "revoke_user_sessions"]
+__all__ = ["FinCRMSecurityManager", "password_policy", "install_session_hooks", "revoke_user_sessions", "limit_api_login"]
 
 
 def password_policy(password: str) -> None:
@@ -71,6 +71,19 @@ class FinCRMSecurityManager(SecurityManager):
                 ),
             )
         return user
+
+
+def limit_api_login(appbuilder: Any) -> None:
+    """Flask-AppBuilder rate-limits its login form but not ``POST /api/v1/security/login``:
+    put the API login under the same limit, or passwords could be guessed through the API."""
+    from flask_appbuilder.security.api import SecurityApi
+
+    sm = appbuilder.sm
+    if not sm.is_auth_limited:
+        return
+    for view in appbuilder.baseviews:
+        if isinstance(view, SecurityApi):
+            sm.limiter.limit(sm.auth_rate_limit, methods=["POST"])(view.blueprint)
 
 
 def install_session_hooks(app: Flask, db_session: Any) -> None:
