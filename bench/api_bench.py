@@ -127,7 +127,7 @@ def seed(app: Any, n: int, rm_ids: list[int]) -> float:
         idn = f"110105{born:%Y%m%d}{i % 1000:03d}"  # unique: (birth date, sequence) never repeats
         from stdnum.cn import ric
 
-        idn += ric.calc_check_digit(idn)
+        idn += ric.calc_check_digit(idn + "0")  # stdnum expects a placeholder check digit
         return {
             "id": rid,
             "version": 1,

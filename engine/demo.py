@@ -81,7 +81,7 @@ def make_id_number(rng: random.Random, birth: dt.date, male: bool) -> str:
     while True:
         seq = rng.randrange(0, 500) * 2 + (1 if male else 0)
         body = f"{rng.choice(REGIONS)}{birth:%Y%m%d}{seq:03d}"
-        number = body + ric.calc_check_digit(body)
+        number = body + ric.calc_check_digit(body + "0")  # stdnum expects a (placeholder) check digit
         if ric.is_valid(number):  # the region code must have existed in the birth year
             return number
 

@@ -37,8 +37,8 @@ __all__ = ["FieldType", "FIELD_TYPES", "field_type", "normalize_text", "LOCAL_TZ
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_INT_RE = re.compile(r"[+-]?[0-9]+")
-_DEC_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+_INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DEC_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)", re.ASCII)
 INT64 = 2**63 - 1
 
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "between", "is_null"})
@@ -85,7 +85,7 @@ def _integer(value: Any, f: FieldSpec) -> int:
         n = value
     elif isinstance(value, Decimal) and value == value.to_integral_value():
         n = int(value)
-    elif isinstance(value, str) and _INT_RE.fullmatch(normalize_text(value), re.ASCII):
+    elif isinstance(value, str) and _INT_RE.fullmatch(normalize_text(value)):
         n = int(normalize_text(value))
     else:
         raise FieldError("must be an integer")
@@ -242,7 +242,7 @@ def _cn_mobile(value: Any, f: FieldSpec) -> str:
 
 def _cn_id_from_15(text: str) -> str:
     body = text[:6] + "19" + text[6:]
-    return body + ric.calc_check_digit(body)
+    return body + ric.calc_check_digit(body + "0")  # stdnum expects a (placeholder) check digit
 
 
 def _cn_id(value: Any, f: FieldSpec) -> str:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from sqlalchemy import Table, and_, exists, false, func, literal_column, not_, or_, select, true, type_coerce
+from sqlalchemy import Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -286,14 +286,14 @@ def keyset_clause(table: Table, keys: list[SortKey], values: list[Any]) -> Colum
     For a required leading key an extra bound (``aum <= v``) lets the database seek the index
     instead of scanning from the start.
     """
+    exprs = [field_expr(table, k.field) for k in keys]
+    # typed bound parameters: comparisons with True/False (boolean sorts) need them
+    params = [None if v is None else literal(v, e.type) for v, e in zip(values, exprs)]
     branches = []
     for i, key in enumerate(keys):
-        expr = field_expr(table, key.field)
-        eqs = []
-        for prev, pv in zip(keys[:i], values[:i]):
-            pe = field_expr(table, prev.field)
-            eqs.append(pe.is_(None) if pv is None else pe == pv)
-        v = values[i]
+        expr = exprs[i]
+        eqs = [pe.is_(None) if pv is None else pe == pv for pe, pv in zip(exprs[:i], params[:i])]
+        v = params[i]
         if v is None:
             continue  # nothing sorts after NULL in this key (nulls last)
         after = or_(expr < v, expr.is_(None)) if key.desc else or_(expr > v, expr.is_(None))
@@ -301,10 +301,9 @@ def keyset_clause(table: Table, keys: list[SortKey], values: list[Any]) -> Colum
             after = expr < v if key.desc else expr > v
         branches.append(and_(*eqs, after))
     clause = or_(*branches) if branches else false()
-    first, v0 = keys[0], values[0]
+    first, v0 = keys[0], params[0]
     if v0 is not None and (first.field.required or first.field.name in _SYS):
-        e0 = field_expr(table, first.field)
-        clause = and_(e0 <= v0 if first.desc else e0 >= v0, clause)
+        clause = and_(exprs[0] <= v0 if first.desc else exprs[0] >= v0, clause)
     return clause
 
 
