@@ -49,7 +49,7 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "FAB_PASSWORD_COMPLEXITY_VALIDATOR": password_policy,
         "AUTH_RATE_LIMITED": True,
         "RATELIMIT_ENABLED": True,
-        "AUTH_RATE_LIMIT": "10 per 20 second",
+        "AUTH_RATE_LIMIT": settings.login_rate_limit,
         "RATELIMIT_STORAGE_URI": "memory://",
         "FAB_API_SWAGGER_UI": False,
         "JWT_ACCESS_TOKEN_EXPIRES": dt.timedelta(minutes=settings.jwt_minutes),

@@ -63,6 +63,7 @@ def env_for(url: str, data_dir: Path) -> dict[str, str]:
         "FINCRM_INDEX_KEY": INDEX,
         "FINCRM_SECRET_KEY": SECRET,
         "FINCRM_PASSWORD_HASH": "scrypt:16384:8:1",
+        "FINCRM_LOGIN_RATE_LIMIT": "1000 per second",  # the bench logs in 11 users at once
     }
 
 

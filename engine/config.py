@@ -12,6 +12,7 @@
 | FINCRM_PASSWORD_HASH | scrypt:131072:8:1 | Werkzeug hash method for passwords (OWASP: N ≥ 2^17) |
 | FINCRM_JWT_MINUTES | 30 | access-token lifetime |
 | FINCRM_AUTO_INIT | 1 | create/upgrade tables when the app starts |
+| FINCRM_LOGIN_RATE_LIMIT | 10 per 20 second | login attempts per client address (form and API) |
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Settings:
     password_hash: str
     jwt_minutes: int
     auto_init: bool
+    login_rate_limit: str
 
     def keyring(self) -> Keyring:
         return Keyring(self.master_key, list(self.previous_keys), self.index_key)
@@ -73,4 +75,5 @@ class Settings:
             password_hash=env.get("FINCRM_PASSWORD_HASH", "scrypt:131072:8:1"),
             jwt_minutes=int(env.get("FINCRM_JWT_MINUTES", "30")),
             auto_init=env.get("FINCRM_AUTO_INIT", "1") not in ("0", "false", "no"),
+            login_rate_limit=env.get("FINCRM_LOGIN_RATE_LIMIT", "10 per 20 second"),
         )
