@@ -273,10 +273,13 @@ def parse_sort(spec: EntitySpec, text: str | None, readable: Callable[[FieldSpec
 
 
 def order_by(table: Table, keys: list[SortKey]) -> list[Any]:
+    """NULLS LAST for fields that can be empty; plain ASC/DESC for required and system fields
+    (they hold no NULLs), so any plain or composite index on them can serve the order."""
     out = []
     for k in keys:
         expr = field_expr(table, k.field)
-        out.append(expr.desc().nulls_last() if k.desc else expr.asc().nulls_last())
+        term = expr.desc() if k.desc else expr.asc()
+        out.append(term if k.field.required or k.field.name in _SYS else term.nulls_last())
     return out
 
 

@@ -146,16 +146,20 @@ def build_entity_tables(registry: Registry, dialect: str = "sqlite") -> tuple[Me
     for spec in registry.entities.values():
         t = Table(spec.table_name, md, *entity_columns(spec))
         for idx in spec.indexes:
-            exprs = [_index_key(t, c, dialect) for c in idx]
+            exprs = [_index_key(t, c, dialect, spec) for c in idx]
             Index(index_name(spec.table_name, list(idx)), *exprs)
         tables[spec.name] = t
     return md, tables
 
 
-def _index_key(t: Table, key: str, dialect: str) -> Any:
-    """Index keys in the order lists sort (NULLS LAST), so PostgreSQL can read pages off the
-    index; SQLite has no NULLS clause in indexes (it sorts NULLs first and scans backwards)."""
-    col = t.c[key.lstrip("-")]
+def _index_key(t: Table, key: str, dialect: str, spec: EntitySpec) -> Any:
+    """Index keys in the order lists sort, so pages are read off the index: required fields
+    sort plainly; a nullable descending key sorts NULLS LAST (PostgreSQL only: SQLite indexes
+    take no NULLS clause)."""
+    name = key.lstrip("-")
+    col = t.c[name]
     if not key.startswith("-"):
         return col
-    return col.desc().nulls_last() if dialect == "postgresql" else col.desc()
+    f = spec.field(name)
+    nullable = f is not None and not f.required
+    return col.desc().nulls_last() if dialect == "postgresql" and nullable else col.desc()
