@@ -275,7 +275,7 @@ def raw_sql(url: str, ids: list[int], owners: list[int], runs: int) -> dict[str,
     get_sql = text(f"SELECT {cols} FROM e_customer WHERE id = :id AND retained_at IS NULL")
     list_sql = text(
         f"SELECT {cols} FROM e_customer WHERE retained_at IS NULL AND owner = :o AND lifecycle_stage IN ('growing', 'mature') "
-        "ORDER BY aum DESC NULLS LAST, id ASC NULLS LAST LIMIT 51"
+        "ORDER BY aum DESC, id ASC LIMIT 51"
     )
     out = {}
     with eng.connect() as conn:

@@ -63,7 +63,7 @@ def list_customers() -> Response:
     with pool().connection() as conn, conn.cursor() as cur:
         cur.execute(
             f"SELECT {COLUMNS} FROM e_customer WHERE retained_at IS NULL AND owner = %s AND lifecycle_stage IN ('growing', 'mature') "
-            "ORDER BY aum DESC NULLS LAST, id ASC NULLS LAST LIMIT 51",
+            "ORDER BY aum DESC, id ASC LIMIT 51",
             (owner,),
         )
         names = [d.name for d in cur.description or ()]
