@@ -26,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Boolean, Date, DateTime, Integer, String, Text
 from sqlalchemy.types import TypeEngine
 from stdnum import luhn
+from stdnum import numdb
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError as StdnumError
 
@@ -47,10 +48,12 @@ EQ_OPS = frozenset({"eq", "ne", "in", "nin", "is_null"})
 DATE_OPS = COMPARE_OPS | {"within_next_days", "within_last_days"}
 
 
-def normalize_text(value: Any, *, multiline: bool = False) -> str:
+def normalize_text(value: Any, *, multiline: bool = False, compat: bool = True) -> str:
+    """Trimmed text without control characters. ``compat`` (NFKC) folds full-width digits and
+    letters to ASCII for structured values; free text keeps its Chinese punctuation (NFC)."""
     if not isinstance(value, str):
         raise FieldError("must be a string")
-    text = unicodedata.normalize("NFKC", value)
+    text = unicodedata.normalize("NFKC" if compat else "NFC", value)
     text = text.strip() if not multiline else text.strip("\x00 ")
     if _CONTROL.search(text) or (not multiline and ("\n" in text or "\r" in text)):
         raise FieldError("contains control characters")
@@ -69,7 +72,8 @@ def _digits(value: Any, what: str) -> str:
 
 
 def _string(value: Any, f: FieldSpec, *, multiline: bool = False, default_max: int = 255) -> str | None:
-    text = normalize_text(value, multiline=multiline)
+    # names, notes, complaint texts keep "，（）：！"; patterned codes and typed strings fold
+    text = normalize_text(value, multiline=multiline, compat=bool(f.pattern) or f.type not in ("string", "text"))
     limit = f.max_length or default_max
     if len(text) > limit:
         raise FieldError(f"is longer than {limit} characters")
@@ -252,13 +256,25 @@ def _cn_id(value: Any, f: FieldSpec) -> str:
         text = _cn_id_from_15(text)
     if not re.fullmatch(r"[0-9]{17}[0-9X]", text, re.ASCII):
         raise FieldError("must be an 18-character resident ID number")
+    if ric.calc_check_digit(text) != text[-1]:
+        raise FieldError("fails the GB 11643 check digit")
     try:
-        ric.validate(text)
+        born = ric.get_birth_date(text)
     except StdnumError as exc:
-        raise FieldError("is not a valid resident ID number (checksum or birth date)") from exc
-    if ric.get_birth_date(text) > dt.date.today():
+        raise FieldError("does not hold a real birth date") from exc
+    if born > dt.date.today():
         raise FieldError("has a birth date in the future")
+    # A real ID keeps the code of the district that issued it, even when that district was
+    # renamed or merged later; stdnum's birth-year check would reject such customers, so the
+    # code only has to exist in the division table at some time.
+    if not _region_known(text[:6]):
+        raise FieldError("does not start with a known administrative division code")
     return text
+
+
+def _region_known(code: str) -> bool:
+    """The six digits name a county-level division in GB/T 2260 (at any time)."""
+    return any("county" in props for _, props in numdb.get("cn/loc").info(code))
 
 
 def _bank_card(value: Any, f: FieldSpec) -> str:

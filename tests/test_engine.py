@@ -326,3 +326,15 @@ def test_no_plaintext_in_the_encrypted_column(records: RecordService) -> None:
     assert "11010519491231002X" not in raw[0] and len(raw[1]) == 64
     found = records.list(SYSTEM, "customer", filter={"field": "id_number", "op": "eq", "value": "11010519491231002x"}).items
     assert [x["id"] for x in found] == [c["id"]]
+
+
+@pytest.mark.parametrize("number", ["310115196006151230", "440305197006151232"])
+def test_real_ids_keep_the_code_of_a_district_created_after_their_birth(number: str) -> None:
+    # 浦东新区 (1992) and 南山区 (1990) issued these numbers to people born before the districts
+    assert FIELD_TYPES["cn_id"].normalize(number, f("cn_id")) == number
+
+
+def test_free_text_keeps_chinese_punctuation_while_codes_fold_to_ascii() -> None:
+    complaint = "客户反映，排队（超过1小时）：要求整改！"
+    assert FIELD_TYPES["text"].normalize(complaint, f("text")) == complaint
+    assert FIELD_TYPES["string"].normalize("ＡＢ１２", f("string", pattern="[A-Z0-9]+")) == "AB12"

@@ -182,7 +182,8 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
 
     expr = field_expr(ctx.table, f)
     if op in ("contains", "startswith"):
-        text = normalize_text(value) if isinstance(value, str) else None
+        compat = bool(f.pattern) or f.type not in ("string", "text")
+        text = normalize_text(value, compat=compat) if isinstance(value, str) else None
         if not text:
             raise FieldError(f"{op} takes a non-empty string")
         if len(text) > 200:
