@@ -250,3 +250,23 @@ def test_logout_ends_the_token_and_a_new_login_works_at_once(client: Any, login:
     fresh = client.post("/api/v1/security/login", json={"username": "rm1", "password": TEST_PASSWORD, "provider": "db"})
     again = {"Authorization": f"Bearer {fresh.json['access_token']}"}
     assert client.get("/api/v1/records/customer", headers=again).status_code == 200
+
+
+def test_editing_in_the_page_form_keeps_masked_values(client: Any, login: Any) -> None:
+    import re
+
+    from tests.conftest import TEST_PASSWORD
+
+    rm1 = login("rm1")
+    cid = client.post("/api/v1/records/customer", json={"name": "表单", "mobile": "13800138000", "occupation": "教师"}, headers=rm1).json["id"]
+    page = client.get("/login/").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    client.post("/login/", data={"username": "rm1", "password": TEST_PASSWORD, "csrf_token": token})
+    form = client.get(f"/e/customer/{cid}/edit").get_data(as_text=True)
+    assert 'value="138****8000"' not in form and "138****8000" in form  # shown as a hint only
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    resp = client.post(f"/e/customer/{cid}/edit", data={"csrf_token": csrf, "version": "1", "name": "表单", "mobile": "", "occupation": "医生"})
+    assert resp.status_code == 302
+    system = __import__("engine").Principal.system("test")
+    stored = client.application.extensions["fincrm"].records.get(system, "customer", cid)
+    assert stored["mobile"] == "13800138000" and stored["occupation"] == "医生"

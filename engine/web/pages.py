@@ -218,10 +218,17 @@ class RecordPages(BaseView):
         errors: dict[str, str] = {}
         message = None
         record: dict[str, Any] = {}
+        view = svc.records.view(principal, entity)
+        # only what this role may write; masked values are never put into inputs (saving the
+        # form would write the mask back): their input starts empty and empty means "keep"
+        fields = [f for f in spec.live_fields if not f.readonly and view.access[f.name].write and view.access[f.name].view != "hidden"]
+        masked = {f.name: "" for f in fields if view.access[f.name].view == "masked"}
         if rid is not None:
             record = svc.records.get(principal, entity, rid)
+            masked = {name: record.get(name) or "" for name in masked}
+            record = {k: v for k, v in record.items() if k not in masked}
         if request.method == "POST":
-            payload = _form_payload(spec, request.form)
+            payload = _form_payload(fields, request.form, masked)
             try:
                 if rid is None:
                     saved = svc.records.create(principal, entity, payload)
@@ -235,9 +242,8 @@ class RecordPages(BaseView):
                 message = exc.message
                 errors = {d.get("field", ""): d.get("message", "") for d in exc.details}
                 record = {**record, **{k: v for k, v in request.form.items()}}
-        fields = [f for f in spec.live_fields if not f.readonly]
         return self.render_template(
-            "fincrm/form.html", spec=spec, record=record, fields=fields, errors=errors, message=message, rid=rid,
+            "fincrm/form.html", spec=spec, record=record, fields=fields, errors=errors, message=message, rid=rid, masked=masked,
             lang=lang(), csrf_token=generate_csrf(), widgets={f.name: FIELD_TYPES[f.type].widget for f in fields},
         )
 
@@ -276,11 +282,12 @@ def _spec_or_404(entity: str) -> EntitySpec:
     return reg.entity(entity)
 
 
-def _form_payload(spec: EntitySpec, form: Any) -> dict[str, Any]:
-    """Form fields → API-shaped payload; empty inputs mean "no value"."""
+def _form_payload(fields: list[FieldSpec], form: Any, masked: dict[str, Any]) -> dict[str, Any]:
+    """Form fields → API-shaped payload; empty inputs mean "no value", except for masked
+    fields, where they mean "keep what is stored"."""
     payload: dict[str, Any] = {}
-    for f in spec.live_fields:
-        if f.readonly:
+    for f in fields:
+        if f.name in masked and not form.get(f.name, "").strip():
             continue
         if f.type == "multi_enum":
             if f.name in form or f"{f.name}__present" in form:
