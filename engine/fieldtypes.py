@@ -118,6 +118,8 @@ def _decimal(value: Any, f: FieldSpec) -> Decimal:
         raise FieldError("must be a decimal number")
     if not d.is_finite():
         raise FieldError("must be a decimal number")
+    if d.adjusted() >= f.precision - f.scale:  # before quantize, which fails past the context's 28 digits
+        raise FieldError(f"has more than {f.precision} digits")
     exponent = d.as_tuple().exponent
     assert isinstance(exponent, int)
     if -exponent > f.scale and d != d.quantize(Decimal(1).scaleb(-f.scale)):
@@ -191,6 +193,8 @@ def _datetime(value: Any, f: FieldSpec) -> dt.datetime:
 
 
 def _enum(value: Any, f: FieldSpec) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise FieldError("is not one of the allowed options")
     text = normalize_text(value) if isinstance(value, str) else value
     if text not in f.option_values:
         raise FieldError("is not one of the allowed options")

@@ -229,7 +229,23 @@ class MetaService:
             doc = conn.execute(select(d.c.doc).where(d.c.kind == kind, d.c.name == name, d.c.version == version)).scalar()
         if doc is None:
             raise NotFound(f"no version {version} of {kind} {name!r}")
-        self._commit(principal, kind, name, dict(doc), comment=f"revert to version {version}")
+        doc = copy.deepcopy(dict(doc))
+        snap = self.runtime.cached_snapshot()
+        current = snap.registry.entity(name) if name in snap.registry.entities else None
+        if current is not None:
+            # A promotion moved the data into a column: the column stays (storage never goes back
+            # to JSON), and every other change must be one the data survives, as for a PATCH.
+            for entry in doc.get("fields", []):
+                now = current.field(entry["name"])
+                if now is not None and now.storage == "column" and entry.get("storage", "json") != "column":
+                    entry.update(storage="column", indexed=True)
+            with self.runtime.engine.connect() as conn:
+                candidate = self.runtime.build(conn, snap.version, extra=[doc]).registry.entity(name)
+            for old in current.fields:
+                new = candidate.field(old.name)
+                if new is not None and not old.archived and not new.archived and new != old:
+                    self._check_safe(snap, current, old, new)
+        self._commit(principal, kind, name, doc, comment=f"revert to version {version}")
         return {"kind": kind, "name": name, "reverted_to": version}
 
     # ------------------------------------------------------------------ internals

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Connection, Table, and_, delete, false, func, insert, or_, select, true, update
@@ -176,7 +177,7 @@ class RecordService:
             (
                 f.name,
                 f.encrypted,
-                None if f.encrypted or f.storage != "column" else FIELD_TYPES[f.type].dump,
+                None if f.encrypted else FIELD_TYPES[f.type].dump if f.storage == "column" else _json_reader(f),
                 effective_mask(f) if v.access[f.name].view == "masked" else None,
                 v.access[f.name].view == "masked",
             )
@@ -444,8 +445,8 @@ class RecordService:
         errors: builtins.list[dict[str, str]] = []
         values: dict[str, Any] = {}
         for key, raw in payload.items():
-            if key == "version":
-                continue
+            if key == "version" and not creating:
+                continue  # the optimistic-lock token of an update, checked by the caller
             if key in SYSTEM_FIELDS or key == "ext":
                 errors.append({"field": key, "message": "is read-only"})
                 continue
@@ -735,6 +736,15 @@ def _record_id(value: Any) -> int:
     if rid <= 0 or rid > 2**63 - 1:
         raise NotFound("record not found")
     return rid
+
+
+def _json_reader(f: FieldSpec) -> Any:
+    """JSON-stored values come back as text; decimals are re-scaled so a value written before a
+    safe integer → decimal change reads like one written after it."""
+    if f.type != "decimal":
+        return None
+    quantum = Decimal(1).scaleb(-f.scale)
+    return lambda raw: str(Decimal(raw).quantize(quantum))
 
 
 def _version(value: Any) -> int:

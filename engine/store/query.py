@@ -139,7 +139,9 @@ def _compile(ctx: FilterContext, node: Any, depth: int, counter: list[int]) -> C
             raise InvalidFilter("'and', 'or' and 'not' must stand alone in their object")
         (key, value), = node.items()
         if key == "not":
-            return not_(_compile(ctx, value, depth + 1, counter))
+            # SQL's NOT of an unknown (NULL) comparison is unknown, which would drop every record
+            # with no value; "not X" means "X is not true", as ne/nin do.
+            return not_(func.coalesce(_compile(ctx, value, depth + 1, counter), false()))
         if not isinstance(value, list):
             raise InvalidFilter(f"'{key}' takes a list of conditions")
         parts = [_compile(ctx, v, depth + 1, counter) for v in value]
@@ -323,6 +325,8 @@ def encode_cursor(secret: bytes, keys: list[SortKey], values: list[Any]) -> str:
 
 
 def decode_cursor(secret: bytes, keys: list[SortKey], cursor: str) -> list[Any]:
+    if not isinstance(cursor, str):
+        raise InvalidCursor("cursor must be a string")
     try:
         body_b64, sig_b64 = cursor.split(".", 1)
         body = base64.urlsafe_b64decode(body_b64 + "=" * (-len(body_b64) % 4))

@@ -337,9 +337,11 @@ def meta_entity(entity: str) -> Response:
 
 @api.get("/meta/entities/<entity>/schema")
 def meta_entity_schema(entity: str) -> Response:
-    current_principal()
-    spec = services().runtime.cached_snapshot().registry.entity(entity)
-    return _json(record_schema(spec))
+    principal, svc = current_principal(), services()
+    spec = svc.runtime.cached_snapshot().registry.entity(entity)
+    svc.records.authz.require(principal, entity, "read")
+    views = {f.name: svc.records.authz.field_access(principal, spec, f).view for f in spec.live_fields}
+    return _json(record_schema(spec, views=views))
 
 
 @api.post("/meta/entities/<entity>/fields")

@@ -66,6 +66,19 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or exc.name)
 
+    @app.after_request
+    def _envelope(resp: Response) -> Response:
+        """Flask-AppBuilder's own API views (login, refresh) answer errors as ``{"message": ...}``;
+        give them the documented envelope so clients parse one format."""
+        if resp.status_code < 400 or not request.path.startswith("/api/") or resp.mimetype != "application/json":
+            return resp
+        body = resp.get_json(silent=True)
+        if isinstance(body, dict) and "error" not in body:
+            message = body.get("message") or body.get("msg") or resp.status
+            wrapped = error_response(resp.status_code, _HTTP_CODES.get(resp.status_code, "http_error"), str(message))
+            resp.set_data(wrapped.get_data())
+        return resp
+
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Any:
         if isinstance(exc, HTTPException):

@@ -11,6 +11,7 @@ from typing import Any
 from ..fieldtypes import FIELD_TYPES
 from ..meta.registry import Registry
 from ..meta.spec import EntitySpec
+from ..security.authz import effective_mask
 
 __all__ = ["openapi_document", "record_schema"]
 
@@ -19,7 +20,12 @@ __all__ = ["openapi_document", "record_schema"]
 _cache: dict[int, tuple[Registry, dict[str, Any]]] = {}
 
 
-def record_schema(spec: EntitySpec, *, for_input: bool = False) -> dict[str, Any]:
+def record_schema(
+    spec: EntitySpec, *, for_input: bool = False, views: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """JSON Schema of a record. ``views`` (field → hidden/masked/clear) narrows it to what one
+    principal is shown: hidden fields are left out, masked ones lose the pattern and format a
+    mask (``138****8000``) cannot satisfy. Without it, any field that can be masked is loose."""
     props: dict[str, Any] = {}
     if not for_input:
         props.update(
@@ -30,7 +36,14 @@ def record_schema(spec: EntitySpec, *, for_input: bool = False) -> dict[str, Any
         )
     required = []
     for f in spec.live_fields:
+        view = views.get(f.name, "clear") if views is not None else None
+        if view == "hidden":
+            continue
         frag = FIELD_TYPES[f.type].schema(f)
+        if not for_input and (view == "masked" or (view is None and (f.sensitivity or effective_mask(f)))):
+            frag = {k: v for k, v in frag.items() if k not in ("pattern", "format", "minimum", "maximum", "enum")}
+            frag["type"] = "string" if frag.get("type") != "array" else "array"
+            frag["x-masked"] = True
         frag["title"] = f.label.en
         frag["description"] = f.label.zh
         if f.sensitivity:
@@ -39,6 +52,8 @@ def record_schema(spec: EntitySpec, *, for_input: bool = False) -> dict[str, Any
             frag["x-ref-entity"] = f.ref
         if not f.required:
             frag = {**frag, "type": [*(_as_list(frag.get("type"))), "null"]} if "type" in frag else frag
+            if "enum" in frag:
+                frag["enum"] = [*frag["enum"], None]
         elif for_input and f.default is None and f.name != spec.owner_field:
             required.append(f.name)
         props[f.name] = frag
