@@ -54,6 +54,7 @@ class FieldSpec:
     ref: str | None = None
     precision: int = 18
     scale: int = 2
+    currency: str | None = None  # ISO 4217, for money amounts
     sensitivity: str | None = None
     encrypted: bool = False
     searchable: bool = False

@@ -15,6 +15,7 @@ from ..services.meta import MetaService
 from ..services.records import RecordService
 from ..services.roles import RoleService
 from ..services.staff import StaffService
+from ..services.views import SavedViews
 
 __all__ = ["Services", "services", "ensure_fab_role"]
 
@@ -29,6 +30,7 @@ class Services:
     roles: RoleService = field(init=False)
     access: AccessRequests = field(init=False)
     staff: StaffService = field(init=False)
+    views: SavedViews = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -38,6 +40,7 @@ class Services:
         self.roles = RoleService(self.runtime, self.authz)
         self.access = AccessRequests(self.runtime, self.records)
         self.staff = StaffService(self.runtime, self.authz)
+        self.views = SavedViews(self.records)
 
 
 def services() -> Services:

@@ -19,8 +19,9 @@ from flask_babel import get_locale
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
-from ..errors import FinCRMError, NotAuthenticated
+from ..errors import FinCRMError, NotAuthenticated, VersionConflict
 from ..fieldtypes import FIELD_TYPES, LOCAL_TZ
+from ..i18n import translate
 from ..meta.spec import EntitySpec, FieldSpec
 from .auth import current_principal, refresh_request_state
 from .context import services
@@ -90,13 +91,29 @@ def display(f: FieldSpec, value: Any) -> Any:
         moment = dt.datetime.fromisoformat(value.removesuffix("Z")).replace(tzinfo=dt.timezone.utc)
         return moment.astimezone(LOCAL_TZ).strftime("%Y-%m-%d %H:%M")
     if f.type == "decimal" and isinstance(value, str) and "*" not in value:
-        try:
-            return f"{Decimal(value):,}"
-        except ArithmeticError:
-            return value
+        return money(value, f.currency) if f.currency else _grouped(value)
     if f.type == "user" and isinstance(value, int):
         return user_names().get(value, f"#{value}")
     return value
+
+
+CURRENCY_SYMBOLS = {"CNY": "¥", "HKD": "HK$", "USD": "US$", "EUR": "€", "GBP": "£", "JPY": "JP¥"}
+
+
+def _grouped(value: Any) -> str:
+    try:
+        return f"{Decimal(value):,}"
+    except ArithmeticError:
+        return str(value)
+
+
+def money(value: Any, currency: str | None = "CNY") -> str:
+    """zh_CN money: symbol, thousands separators, the stored scale (¥1,234,567.89; -¥12.00)."""
+    if value is None or value == "":
+        return ""
+    text = _grouped(value)
+    symbol = CURRENCY_SYMBOLS.get(currency or "", f"{currency} " if currency else "")
+    return f"-{symbol}{text[1:]}" if text.startswith("-") else f"{symbol}{text}"
 
 
 def user_names() -> dict[int, str]:
@@ -117,8 +134,12 @@ class HomeView(IndexView):
         if not current_user or not current_user.is_authenticated:
             return _login_redirect()
         _fresh()
-        reg = services().runtime.cached_snapshot().registry
-        return self.render_template(self.index_template, entities=sorted(reg.entities.values(), key=lambda s: s.name), lang=lang())
+        if any(r.rule == "/mywork/" for r in current_app.url_map.iter_rules()):
+            return redirect("/mywork/")  # a relationship manager's day starts with their work
+        principal = _principal_or_login()
+        if principal is None:
+            return _login_redirect()
+        return self.render_template(self.index_template, entities=_readable_entities(principal), lang=lang())
 
 
 class RecordPages(BaseView):
@@ -134,8 +155,7 @@ class RecordPages(BaseView):
         principal = self._principal()
         if principal is None:
             return _login_redirect()
-        reg = services().runtime.cached_snapshot().registry
-        return self.render_template("fincrm/index.html", entities=sorted(reg.entities.values(), key=lambda s: s.name), lang=lang())
+        return self.render_template("fincrm/index.html", entities=_readable_entities(principal), lang=lang())
 
     @expose("/<entity>/")
     def list(self, entity: str) -> Any:
@@ -145,30 +165,76 @@ class RecordPages(BaseView):
         svc = services()
         spec = _spec_or_404(entity)
         args = request.args
-        filt = None
-        fname, op, fval = args.get("f_field"), args.get("f_op"), args.get("f_value", "")
-        if fname and op:
-            value: Any = fval
-            if op == "is_null":
-                value = fval not in ("0", "false", "否")
-            filt = {"field": fname, "op": op, "value": value}
         error = None
+        views: list[dict[str, Any]] = []
+        current_view = None
+        try:
+            views = svc.views.list(principal, entity)
+            if args.get("view", "").isdigit():
+                current_view = svc.views.get(principal, int(args["view"]))
+        except FinCRMError as exc:
+            if exc.status == 404 and current_view is None and args.get("view"):
+                error = exc
+            elif exc.status in (403, 404):
+                abort(exc.status)
+            else:
+                raise
+        conditions = _conditions(args)
+        query = dict(current_view["query"]) if current_view else {}
+        if conditions or "q" in args or "sort" in args or not current_view:
+            query = {"filter": {"and": conditions} if conditions else None, "q": args.get("q") or None, "sort": args.get("sort") or None}
+        count, capped = None, False
         try:
             page = svc.records.list(
-                principal, entity, filter=filt, sort=args.get("sort") or None, cursor=args.get("cursor") or None,
-                q=args.get("q") or None, limit=50,
+                principal, entity, filter=query.get("filter"), sort=query.get("sort"), cursor=args.get("cursor") or None,
+                q=query.get("q"), limit=50, with_count=args.get("count") == "1",
             )
-            items, next_cursor = page.items, page.next_cursor
+            items, next_cursor, count, capped = page.items, page.next_cursor, page.count, page.count_capped
         except FinCRMError as exc:
             error, items, next_cursor = exc, [], None
         columns = [spec.live_field(c) for c in spec.columns if spec.live_field(c) is not None]
         titles = _ref_titles(principal, spec, columns, items)
-        filterable = [f for f in spec.live_fields if not f.encrypted]
+        # a masked value may be neither sorted nor filtered on (its order would reveal it)
+        clear = {f.name for f in spec.live_fields if svc.records.authz.field_access(principal, spec, f).clear}
+        filterable = [f for f in spec.live_fields if not f.encrypted and f.name in clear]
+        sortable = {f.name for f in columns if f.sortable and f.name in clear}
+        shown = _condition_rows(query.get("filter"))
+        keep = {k: v for k, v in (("q", query.get("q")), ("sort", query.get("sort"))) if v}
         return self.render_template(
-            "fincrm/list.html", spec=spec, columns=columns, items=items, next_cursor=next_cursor, titles=titles,
-            error=error, args=args, filterable=filterable, ops=OPS_LABELS, lang=lang(), display=display,
-            field_ops={f.name: sorted(FIELD_TYPES[f.type].ops) for f in filterable},
+            "fincrm/list.html", spec=spec, columns=columns, items=items, next_cursor=next_cursor, titles=titles, sortable=sortable,
+            error=error, args=args, filterable=filterable, ops=OPS_LABELS, lang=lang(), display=display, count=count, capped=capped,
+            field_ops={f.name: sorted(FIELD_TYPES[f.type].ops) for f in filterable}, rows=shown + [{}] * max(1, 3 - len(shown)),
+            views=views, current_view=current_view, query=query, keep=keep, filter_args=_filter_args(shown), csrf_token=generate_csrf(),
         )
+
+    @expose("/<entity>/views", methods=["POST"])
+    def save_view(self, entity: str) -> Any:
+        principal = self._principal()
+        if principal is None:
+            return _login_redirect()
+        _spec_or_404(entity)
+        form = request.form
+        conditions = _conditions(form)
+        query = {"filter": {"and": conditions} if conditions else None, "q": form.get("q") or None, "sort": form.get("sort") or None}
+        try:
+            view = services().views.save(principal, entity, form.get("name"), query, shared=form.get("shared") == "1")
+        except FinCRMError as exc:
+            flash(_t("视图未保存：", "View not saved: ") + translate(exc.message, lang()), "danger")
+            return redirect(url_for("RecordPages.list", entity=entity))
+        flash(_t("视图已保存", "View saved"), "success")
+        return redirect(url_for("RecordPages.list", entity=entity, view=view["id"]))
+
+    @expose("/<entity>/views/<int:view_id>/delete", methods=["POST"])
+    def delete_view(self, entity: str, view_id: int) -> Any:
+        principal = self._principal()
+        if principal is None:
+            return _login_redirect()
+        try:
+            services().views.delete(principal, view_id)
+            flash(_t("视图已删除", "View deleted"), "success")
+        except FinCRMError as exc:
+            flash(translate(exc.message, lang()), "danger")
+        return redirect(url_for("RecordPages.list", entity=entity))
 
     @expose("/<entity>/<int:rid>")
     def detail(self, entity: str, rid: int) -> Any:
@@ -217,6 +283,7 @@ class RecordPages(BaseView):
         spec = _spec_or_404(entity)
         errors: dict[str, str] = {}
         message = None
+        conflict = False
         record: dict[str, Any] = {}
         view = svc.records.view(principal, entity)
         # only what this role may write; masked values are never put into inputs (saving the
@@ -241,10 +308,17 @@ class RecordPages(BaseView):
                     raise
                 message = exc.message
                 errors = {d.get("field", ""): d.get("message", "") for d in exc.details}
+                if isinstance(exc, VersionConflict):
+                    conflict = True
+                    message = _t(
+                        "保存失败：此记录已被他人修改。您的输入仍在下方；请打开最新版本核对后再保存。",
+                        "Not saved: someone else changed this record meanwhile. Your input is kept below; open the latest version, compare, then save again.",
+                    )
                 record = {**record, **{k: v for k, v in request.form.items()}}
         return self.render_template(
-            "fincrm/form.html", spec=spec, record=record, fields=fields, errors=errors, message=message, rid=rid, masked=masked,
+            "fincrm/form.html", spec=spec, record=record, fields=fields, errors=errors, message=message, rid=rid, masked=masked, conflict=conflict,
             lang=lang(), csrf_token=generate_csrf(), widgets={f.name: FIELD_TYPES[f.type].widget for f in fields},
+            choices=_choices(principal, fields),
         )
 
     @expose("/<entity>/<int:rid>/delete", methods=["POST"])
@@ -255,7 +329,7 @@ class RecordPages(BaseView):
         try:
             services().records.delete(principal, entity, rid, request.form.get("version"))
         except FinCRMError as exc:
-            flash(exc.message, "danger")
+            flash(translate(exc.message, lang()), "danger")
             return redirect(url_for("RecordPages.detail", entity=entity, rid=rid))
         flash(_t("已删除", "Deleted"), "success")
         return redirect(url_for("RecordPages.list", entity=entity))
@@ -271,8 +345,78 @@ class RecordPages(BaseView):
             else:
                 services().records.add_tag(principal, entity, rid, request.form.get("tag"))
         except FinCRMError as exc:
-            flash(exc.message, "danger")
+            flash(translate(exc.message, lang()), "danger")
         return redirect(url_for("RecordPages.detail", entity=entity, rid=rid))
+
+
+REF_CHOICES_MAX = 200
+
+
+def _choices(principal: Any, fields: list[FieldSpec]) -> dict[str, list[tuple[int, str]]]:
+    """Options for reference and staff fields: the records of the target entity the user may
+    read (one scoped query per field, up to 200 — beyond that the form asks for the id), or
+    the staff directory."""
+    svc = services()
+    reg = svc.runtime.cached_snapshot().registry
+    out: dict[str, list[tuple[int, str]]] = {}
+    for f in fields:
+        if f.type == "user":
+            out[f.name] = sorted(user_names().items(), key=lambda kv: kv[1])
+        elif f.type == "ref" and f.ref in reg.entities:
+            target = reg.entity(f.ref)
+            title = target.title_field
+            try:
+                page = svc.records.list(principal, target.name, fields=[title] if title else [], sort=title, limit=REF_CHOICES_MAX)
+            except FinCRMError:
+                continue
+            if page.next_cursor is None:
+                out[f.name] = [(i["id"], str(i.get(title) or f"#{i['id']}") if title else f"#{i['id']}") for i in page.items]
+    return out
+
+
+def _readable_entities(principal: Any) -> list[EntitySpec]:
+    svc = services()
+    reg = svc.runtime.cached_snapshot().registry
+    specs = [s for s in reg.entities.values() if principal.is_system or svc.authz.scope_of(principal, s.name, "read") is not None]
+    return sorted(specs, key=lambda s: s.name)
+
+
+def _conditions(args: Any) -> list[dict[str, Any]]:
+    """The filter rows of a list page (``f_field``/``f_op``/``f_value``, repeated) as DSL
+    conditions, AND-ed by the caller; incomplete rows are skipped."""
+    out = []
+    for name, op, raw in zip(args.getlist("f_field"), args.getlist("f_op"), args.getlist("f_value")):
+        if not name or not op:
+            continue
+        value: Any = raw
+        if op == "is_null":
+            value = raw.strip().lower() not in ("0", "false", "否", "no")
+        elif op in ("in", "nin", "has"):
+            value = [v.strip() for v in raw.replace("，", ",").split(",") if v.strip()]
+        out.append({"field": name, "op": op, "value": value})
+    return out
+
+
+def _condition_rows(filt: Any) -> list[dict[str, Any]]:
+    """A stored filter back into page rows (only the flat AND of conditions the page makes)."""
+    if not isinstance(filt, dict):
+        return []
+    parts = filt.get("and", [filt]) if "and" in filt else [filt]
+    rows = []
+    for c in parts:
+        if isinstance(c, dict) and {"field", "op"} <= set(c):
+            value = c.get("value")
+            rows.append({"field": c["field"], "op": c["op"], "value": ",".join(map(str, value)) if isinstance(value, list) else value})
+    return rows
+
+
+def _filter_args(rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The rows as query-string pairs, so paging and sorting links keep the filter."""
+    pairs: list[tuple[str, Any]] = []
+    for r in rows:
+        value = r.get("value")
+        pairs += [("f_field", r["field"]), ("f_op", r["op"]), ("f_value", "" if value is None else value)]
+    return pairs
 
 
 def _spec_or_404(entity: str) -> EntitySpec:
@@ -331,6 +475,33 @@ def csp_nonce() -> str:
     return g.csp_nonce  # type: ignore[no-any-return]
 
 
+def nav_items() -> list[dict[str, Any]]:
+    """The navbar: My work, customers, the entity index, the workbench (configure only), each
+    only if its page exists in this app and the user's role may open it."""
+    if not current_user or not current_user.is_authenticated:
+        return []
+    try:
+        principal = current_principal()
+    except FinCRMError:
+        return []
+    svc = services()
+    rules = {r.rule for r in current_app.url_map.iter_rules()}
+    path = request.path
+    items = []
+
+    def add(key: str, href: str, zh: str, en: str, icon: str) -> None:
+        if href in rules or href.startswith("/e/"):
+            items.append({"key": key, "href": href, "label": _t(zh, en), "icon": icon, "active": path.startswith(href) and href != "/"})
+
+    add("mywork", "/mywork/", "我的工作", "My work", "fa-briefcase")
+    if svc.authz.scope_of(principal, "customer", "read") is not None:
+        add("customers", "/e/customer/", "客户", "Customers", "fa-users")
+    add("objects", "/e/", "业务对象", "Objects", "fa-th")
+    if principal.is_system or any(svc.authz.scope_of(principal, name, "configure") for name in ("customer", "*")):
+        add("workbench", "/workbench/", "配置工作台", "Workbench", "fa-wrench")
+    return items
+
+
 def register_page_helpers(app: Flask) -> None:
     @app.context_processor
     def _helpers() -> dict[str, Any]:
@@ -340,6 +511,9 @@ def register_page_helpers(app: Flask) -> None:
             "lang_code": lang,
             "json": json,
             "csp_nonce": csp_nonce,
+            "fincrm_nav": nav_items,
+            "money": money,
+            "M": lambda message: translate(str(message), lang()),
         }
 
     @app.after_request
