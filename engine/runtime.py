@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import threading
 import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,10 +26,27 @@ from .store.ids import IdAllocator
 from .store.migrate import apply_migration, plan_migration
 from .store.tables import build_entity_tables, meta_doc_table, state_table, system_metadata
 
-__all__ = ["Runtime", "Snapshot", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
+__all__ = ["Runtime", "Snapshot", "StaleStamps", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
 
 META_VERSION = "meta_version"
 POLICY_VERSION = "policy_version"
+
+# Optimistic stamps (see Runtime.expect_stamps): the stamps a read assumes, and whether a
+# statement of this request has already confirmed them.
+_EXPECTED: ContextVar[tuple[int, int] | None] = ContextVar("fincrm_expected_stamps", default=None)
+_CONFIRMED: ContextVar[bool] = ContextVar("fincrm_stamps_confirmed", default=False)
+
+
+# built once: constructing them per request costs more than the subqueries themselves
+_STAMP_COLUMNS = [
+    select(state_table.c.value).where(state_table.c.key == META_VERSION).scalar_subquery().label("fincrm__meta_v"),
+    select(state_table.c.value).where(state_table.c.key == POLICY_VERSION).scalar_subquery().label("fincrm__policy_v"),
+]
+
+
+class StaleStamps(Exception):
+    """A read ran on metadata or policy that another process has changed meanwhile: the caller
+    reloads and runs it again. Never leaves the web layer."""
 
 
 def utcnow() -> dt.datetime:
@@ -190,6 +208,38 @@ class Runtime:
         with self.engine.connect() as conn:
             rows = dict(conn.execute(select(state_table.c.key, state_table.c.value)).all())
         return int(rows[META_VERSION]), int(rows[POLICY_VERSION])
+
+    # ------------------------------------------------------------------ optimistic stamps
+    #
+    # A read-only request (get, list, query) need not spend a round trip on the stamps before
+    # its one statement: it assumes the stamps it last saw, and that statement carries the
+    # current stamps as two scalar subqueries. If they differ, or the statement returned no
+    # row to carry them (or the request failed before it ran), the web layer reads the stamps
+    # itself and, if they moved, reloads and runs the request again. A change committed by any
+    # process is still seen on the very next request; the common case costs one statement.
+
+    def expect_stamps(self, stamps: tuple[int, int] | None) -> None:
+        _EXPECTED.set(stamps)
+        _CONFIRMED.set(False)
+
+    @staticmethod
+    def stamps_confirmed() -> bool:
+        return _CONFIRMED.get()
+
+    def stamp_columns(self) -> list[Any]:
+        """The current stamps as labelled scalar subqueries, when this read is optimistic."""
+        if _EXPECTED.get() is None:
+            return []
+        return _STAMP_COLUMNS
+
+    def confirm_stamps(self, row: Mapping[str, Any]) -> None:
+        """Compare the stamps a row carried with the assumed ones (no-op for non-optimistic reads)."""
+        expected = _EXPECTED.get()
+        if expected is None or "fincrm__meta_v" not in row:
+            return
+        if (int(row["fincrm__meta_v"]), int(row["fincrm__policy_v"])) != expected:
+            raise StaleStamps()
+        _CONFIRMED.set(True)
 
     def snapshot(self, meta_version: int | None = None) -> Snapshot:
         """The current snapshot, reloaded first if another process moved the stamp."""

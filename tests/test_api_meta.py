@@ -535,3 +535,52 @@ def test_metadata_changes_are_versioned_and_audited(client: Any, login: Any) -> 
     assert history[0]["version"] == history[1]["version"] + 1 and history[0]["author"] == "admin"
     trail = client.get("/api/v1/audit?action=meta_change&entity=customer&limit=5", headers=admin).json["items"]
     assert [t["detail"]["comment"] for t in trail[:2]] == ["change field audited_field", "add field audited_field"]
+
+
+# ------------------------------------------------------------------ optimistic stamps on reads
+
+
+def test_reads_see_a_change_from_another_worker_on_their_very_next_request(app: Any, client: Any, login: Any) -> None:
+    """Gets and lists assume the stamps they last saw and check them inside their one
+    statement: a field added, or a session revoked, in another worker still counts at once."""
+    admin, rm1 = login("admin"), login("rm1")
+    cid = _customer(client, rm1, name="乐观读")["id"]
+    with second_worker(app) as other_app:
+        other = other_app.test_client()
+        assert other.get(f"{CUSTOMERS}/{cid}", headers=rm1).status_code == 200  # B caches its stamps
+        _add(client, admin, name="opt_level", type="integer")  # A moves the metadata stamp
+        # an unknown field for B's old snapshot: B must notice the stamp, reload, and answer
+        listed = other.get(f"{CUSTOMERS}?fields=name,opt_level", headers=rm1)
+        assert listed.status_code == 200, listed.json
+        assert listed.json["items"][0]["opt_level"] is None
+        got = other.get(f"{CUSTOMERS}/{cid}?fields=opt_level", headers=rm1)
+        assert got.status_code == 200 and "opt_level" in got.json
+        # A ends rm1's sessions (the policy stamp moves): B refuses the old token at once,
+        # even on a read whose row would carry the stamps
+        assert client.post("/api/v1/security/logout", headers=rm1).status_code == 200
+        login.tokens.pop("rm1")  # the module's cached token is dead now
+        for path in (f"{CUSTOMERS}/{cid}", CUSTOMERS):
+            assert_error(other.get(path, headers=rm1), 401, "unauthenticated")
+        assert_error(other.post(f"{CUSTOMERS}/query", json={}, headers=rm1), 401, "unauthenticated")
+
+
+def test_a_warm_get_or_list_is_one_sql_statement(app: Any, client: Any, login: Any) -> None:
+    from sqlalchemy import event
+
+    rm1 = login("rm1")
+    cid = _customer(client, rm1, name="一条语句")["id"]
+    runtime = app.extensions["fincrm"].runtime
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    for path in (f"{CUSTOMERS}/{cid}", f"{CUSTOMERS}?sort=-aum&limit=10"):
+        assert client.get(path, headers=rm1).status_code == 200  # warm: principal, snapshot
+        event.listen(runtime.engine, "before_cursor_execute", record)
+        try:
+            statements.clear()
+            assert client.get(path, headers=rm1).status_code == 200
+        finally:
+            event.remove(runtime.engine, "before_cursor_execute", record)
+        assert len(statements) == 1, (path, statements)

@@ -106,6 +106,11 @@ class CasbinAuthorizer:
             conn.execute(insert(t), [{"ptype": "p", "v0": r[0], "v1": r[1], "v2": r[2], "v3": r[3]} for r in rows])
         return self.runtime.bump(conn, POLICY_VERSION)
 
+    @property
+    def version(self) -> int | None:
+        """The policy stamp this process has loaded (None before the first request)."""
+        return self._version
+
     def refresh(self, policy_version: int) -> None:
         """Reload the policy if another process (or this one) moved the stamp."""
         if self._version == policy_version:

@@ -339,7 +339,7 @@ class RecordService:
         out_fields = self._columns_for(v, fields)
         sort_fields = [k.field for k in keys if k.field.name not in ("id", "created_at", "updated_at")]
         select_fields = out_fields + [f for f in sort_fields if f not in out_fields]
-        stmt = select(*self._select_columns(v, select_fields)).where(where)
+        stmt = select(*self._select_columns(v, select_fields), *self.runtime.stamp_columns()).where(where)
         if cursor:
             stmt = stmt.where(keyset_clause(v.table, keys, decode_cursor(self.runtime.secret, keys, cursor)))
         stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
@@ -351,6 +351,8 @@ class RecordService:
                 count = int(conn.execute(select(func.count()).select_from(sub)).scalar_one())
                 capped = count > COUNT_CAP
                 count = min(count, COUNT_CAP)
+        if rows:
+            self.runtime.confirm_stamps(rows[0])
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -398,11 +400,12 @@ class RecordService:
         self.authz.require(principal, entity, "read")
         rid = _record_id(record_id)
         out_fields = self._columns_for(v, fields)
-        stmt = select(*self._select_columns(v, out_fields)).where(v.table.c.id == rid, v.scope())
+        stmt = select(*self._select_columns(v, out_fields), *self.runtime.stamp_columns()).where(v.table.c.id == rid, v.scope())
         with self.runtime.engine.connect() as conn:
             row = conn.execute(stmt).first()
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
+        self.runtime.confirm_stamps(row._mapping)
         out = self.serialize(v, row._mapping, out_fields)  # one row: the same per-field plan
         self._audit_unmasked(v)
         return out

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 
 from ..errors import BadRequest, InvalidFilter
 from ..io.export import FORMATS, export_csv, export_xlsx
-from .auth import current_principal, refresh_request_state
+from .auth import current_principal, optimistic_read, refresh_request_state
 from .context import ensure_fab_role, services
 from .openapi import openapi_document, record_schema
 from .security import revoke_user_sessions
@@ -24,10 +24,15 @@ __all__ = ["api"]
 api = Blueprint("fincrm_api", __name__, url_prefix="/api/v1")
 
 
+OPTIMISTIC = frozenset({"fincrm_api.list_records", "fincrm_api.query_records", "fincrm_api.get_record"})
+
+
 @api.before_request
 def _stamps() -> None:
     # One read gives both version stamps; metadata and policy reload only if they moved.
-    refresh_request_state()
+    # Read-only record views check them inside their own statement instead (optimistic_read).
+    if request.endpoint not in OPTIMISTIC:
+        refresh_request_state()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -120,6 +125,7 @@ def logout() -> Response:
 
 
 @api.get("/records/<entity>")
+@optimistic_read
 def list_records(entity: str) -> Response:
     args = request.args
     page = services().records.list(
@@ -138,6 +144,7 @@ def list_records(entity: str) -> Response:
 
 
 @api.post("/records/<entity>/query")
+@optimistic_read
 def query_records(entity: str) -> Response:
     data = _object_body()
     unknown = set(data) - {"filter", "sort", "limit", "cursor", "fields", "q", "count", "consent"}
@@ -172,6 +179,7 @@ def create_record(entity: str) -> Response:
 
 
 @api.get("/records/<entity>/<record_id>")
+@optimistic_read
 def get_record(entity: str, record_id: str) -> Response:
     record = services().records.get(current_principal(), entity, record_id, fields=_fields_arg(request.args.get("fields")))
     return _json(record, headers=_etag(record))

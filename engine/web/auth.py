@@ -8,9 +8,10 @@ Flask-AppBuilder's REST base is CSRF-exempt.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import functools
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 from flask import current_app, g, request, session
 from flask_jwt_extended import decode_token
@@ -20,13 +21,14 @@ from flask_login import current_user
 from flask_wtf.csrf import validate_csrf
 from wtforms import ValidationError as CSRFError
 
-from ..errors import Forbidden, NotAuthenticated
+from ..errors import FinCRMError, Forbidden, NotAuthenticated
+from ..runtime import StaleStamps
 from ..security.org import OrgInfo, load_org
 from ..services.access import active_grants
 from ..security.principal import Principal
 from .context import services
 
-__all__ = ["current_principal", "principal_for_user_id", "forget_principals", "refresh_request_state"]
+__all__ = ["current_principal", "principal_for_user_id", "forget_principals", "refresh_request_state", "optimistic_read"]
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -39,6 +41,51 @@ def refresh_request_state() -> tuple[int, int]:
         svc.runtime.snapshot(g.fincrm_stamps[0])
         svc.authz.refresh(g.fincrm_stamps[1])
     return g.fincrm_stamps  # type: ignore[no-any-return]
+
+
+def assume_request_state() -> bool:
+    """For a read-only request: assume the stamps this process last saw instead of reading them
+    (see ``Runtime.expect_stamps``); False if there is nothing to assume yet."""
+    svc = services()
+    snap, policy = svc.runtime._snapshot, svc.authz.version
+    if snap is None or policy is None:
+        svc.runtime.expect_stamps(None)
+        return False
+    g.fincrm_stamps = (snap.version, policy)
+    svc.runtime.expect_stamps(g.fincrm_stamps)
+    return True
+
+
+def optimistic_read(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a read-only view on assumed stamps; if no statement confirmed them and they moved
+    (or a statement saw them move), reload and run the view once more on the current ones."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        svc = services()
+        if not assume_request_state():
+            return view(*args, **kwargs)
+        try:
+            try:
+                result = view(*args, **kwargs)
+            except StaleStamps:
+                stale = True
+            except FinCRMError:
+                if svc.runtime.stamps_confirmed() or svc.runtime.stamps() == g.fincrm_stamps:
+                    raise  # the error stands on current metadata and policy
+                stale = True
+            else:
+                stale = not svc.runtime.stamps_confirmed() and svc.runtime.stamps() != g.fincrm_stamps
+                if not stale:
+                    return result
+        finally:
+            svc.runtime.expect_stamps(None)
+        for key in ("fincrm_stamps", "fincrm_principal"):
+            g.pop(key, None)
+        refresh_request_state()
+        return view(*args, **kwargs)
+
+    return wrapper
 
 
 def principal_for_user_id(user_id: int, policy_version: int) -> tuple[Principal, OrgInfo] | None:

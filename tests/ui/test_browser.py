@@ -136,3 +136,21 @@ def test_filters_and_a_saved_view(page_as: Any, seeded: dict[str, Any]) -> None:
     other = page_as("rm2")
     other.goto("/e/customer/")
     assert other.locator("#saved-views a", has_text="医生客户").count() == 0
+
+
+def test_an_edit_conflict_is_shown_and_keeps_the_users_input(page_as: Any, api: Any) -> None:
+    client, login = api
+    record = _customer(api, "rm1", name="并发客户", occupation="工程师")
+    page = page_as("rm1")
+    page.goto(f"/e/customer/{record['id']}/edit")
+    # meanwhile someone else saves the record
+    other = client.patch(f"{CUSTOMERS}/{record['id']}", json={"occupation": "律师"}, headers={**login("rm1"), "If-Match": str(record["version"])})
+    assert other.status_code == 200
+    page.fill("#f-occupation", "医生")
+    page.locator("form.fincrm-form button[type=submit]").click()
+    page.wait_for_load_state("networkidle")
+    assert "已被他人修改" in page.locator("#form-message").inner_text()
+    assert page.locator("#open-latest").count() == 1
+    assert page.locator("#f-occupation").input_value() == "医生"
+    stored = client.get(f"{CUSTOMERS}/{record['id']}", headers=login("rm1")).json
+    assert stored["occupation"] == "律师" and stored["version"] == 2
