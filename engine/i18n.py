@@ -49,6 +49,13 @@ _FIXED = {
     "invalid tag": "标签无效",
     "search text must be 1 to 100 characters": "搜索内容应为1至100个字符",
     "cursor is not valid": "分页游标无效",
+    # break-glass access requests (engine/services/access.py)
+    "must explain the need in 10 to 1000 characters": "请说明查看原因（10至1000字）",
+    "must be a non-empty list of field names": "请至少选择一个字段",
+    "access request is invalid": "查看申请填写有误",
+    "access request not found": "查看申请不存在",
+    "you cannot decide your own access request": "不能审批自己的申请",
+    "access request was decided by someone else": "该申请已由他人处理",
 }
 
 _PATTERNS = [

@@ -232,7 +232,7 @@ class Runtime:
             return []
         return _STAMP_COLUMNS
 
-    def confirm_stamps(self, row: Mapping[str, Any]) -> None:
+    def confirm_stamps(self, row: Mapping[Any, Any]) -> None:
         """Compare the stamps a row carried with the assumed ones (no-op for non-optimistic reads)."""
         expected = _EXPECTED.get()
         if expected is None or "fincrm__meta_v" not in row:

@@ -499,3 +499,20 @@ def test_logs_never_carry_unmasked_values(client: Any, login: Any, caplog: pytes
     client.post("/api/v1/records/customer", json={"name": "日志", "mobile": "13700137000", "id_number": "610113198505059313"}, headers=rm1)
     client.get('/api/v1/records/customer?q=13700137000', headers=rm1)
     assert "13700137000" not in caplog.text and "610113198505059313" not in caplog.text
+
+
+def test_history_shows_each_reader_only_what_they_may_see(client: Any, login: Any, world: dict[str, Any]) -> None:
+    """Audit diffs follow the reader's field rules: operations (birth date hidden) never see a
+    birth date change in a record's history; masked fields stay masked there too."""
+    rm1, ops1 = login("rm1"), login("ops1")
+    cid = world["customers"]["rm1"]
+    version = client.get(f"/api/v1/records/customer/{cid}", headers=rm1).json["version"]
+    resp = client.patch(f"/api/v1/records/customer/{cid}", json={"birth_date": "1949-12-31", "occupation": "教师"}, headers={**rm1, "If-Match": str(version)})
+    assert resp.status_code == 200, resp.json
+    as_ops = client.get(f"/api/v1/records/customer/{cid}/history", headers=ops1)
+    assert as_ops.status_code == 200
+    update = next(i for i in as_ops.json["items"] if i["action"] == "update")
+    assert "birth_date" not in update["detail"]["changes"] and update["detail"]["changes"]["occupation"]["to"] == "教师"
+    assert "1949-12-31" not in as_ops.get_data(as_text=True)
+    created = next(i for i in as_ops.json["items"] if i["action"] == "create")
+    assert created["detail"]["changes"]["id_number"]["to"] == "110***********002X"

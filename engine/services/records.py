@@ -273,11 +273,30 @@ class RecordService:
             stmt = stmt.where(t.c.seq < before)
         with self.runtime.engine.connect() as conn:
             rows = conn.execute(stmt.order_by(t.c.seq.desc()).limit(limit + 1)).all()
+        v = self.view(principal, entity)
         items = [
-            {"seq": r.seq, "ts": FIELD_TYPES["datetime"].dump(r.ts), "actor": r.actor, "action": r.action, "detail": r.detail}
+            {"seq": r.seq, "ts": FIELD_TYPES["datetime"].dump(r.ts), "actor": r.actor, "action": r.action, "detail": self._history_detail(v, r.detail)}
             for r in rows[:limit]
         ]
         return {"items": items, "next_before": rows[limit - 1].seq if len(rows) > limit else None}
+
+    @staticmethod
+    def _history_detail(v: _View, detail: Any) -> Any:
+        """An audit entry as this reader may see it: changes to fields hidden from them are left
+        out, fields they see masked are masked (the trail keeps field-rule masks already)."""
+        if not isinstance(detail, dict) or not isinstance(detail.get("changes"), dict):
+            return detail
+        changes = {}
+        for name, change in detail["changes"].items():
+            access = v.access.get(name)
+            f = v.spec.field(name)
+            if access is None or f is None or access.view == "hidden":
+                continue
+            if access.view == "masked" and isinstance(change, dict):
+                rule = effective_mask(f) or "full"
+                change = {k: mask_value(rule, val) if isinstance(val, (str, int, float)) and not isinstance(val, bool) else val for k, val in change.items()}
+            changes[name] = change
+        return {**detail, "changes": changes}
 
     def personal_data(self, principal: Principal, customer_id: Any) -> dict[str, Any]:
         """Everything held about one data subject (PIPL access/portability), as the principal

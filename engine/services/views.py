@@ -78,8 +78,8 @@ class SavedViews:
                     shared=bool(shared), query=clean, created_at=utcnow(),
                 )
             )
-            view_id = res.inserted_primary_key[0] if res.inserted_primary_key else None
-        return self.get(principal, int(view_id))
+            view_id = int(res.inserted_primary_key[0])
+        return self.get(principal, view_id)
 
     def delete(self, principal: Principal, view_id: int) -> None:
         """Owners delete their views; admins may remove a shared view of anyone's."""

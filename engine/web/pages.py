@@ -22,7 +22,7 @@ from flask_wtf.csrf import generate_csrf
 from ..errors import FinCRMError, NotAuthenticated, VersionConflict
 from ..fieldtypes import FIELD_TYPES, LOCAL_TZ
 from ..i18n import translate
-from ..meta.spec import EntitySpec, FieldSpec
+from ..meta.spec import EntitySpec, FieldSpec, Label
 from .auth import current_principal, refresh_request_state
 from .context import services
 
@@ -42,6 +42,20 @@ OPS_LABELS = {
     "within_next_days": ("未来N天内", "within next N days"),
     "within_last_days": ("过去N天内", "within last N days"),
 }
+
+
+ACTION_LABELS = {
+    "create": ("新建", "Created"),
+    "update": ("修改", "Changed"),
+    "delete": ("删除", "Deleted"),
+    "retain": ("转入保留", "Retained"),
+    "unmasked_read": ("查看明文", "Read in clear"),
+    "tag_add": ("添加标签", "Tag added"),
+    "tag_remove": ("移除标签", "Tag removed"),
+    "bulk_create": ("批量导入", "Imported"),
+    "personal_data_export": ("个人信息导出", "Personal data exported"),
+}
+WHEN = FieldSpec(name="ts", type="datetime", label=Label.of({"zh": "时间", "en": "When"}, "ts"))
 
 
 def lang() -> str:
@@ -192,7 +206,7 @@ class RecordPages(BaseView):
             items, next_cursor, count, capped = page.items, page.next_cursor, page.count, page.count_capped
         except FinCRMError as exc:
             error, items, next_cursor = exc, [], None
-        columns = [spec.live_field(c) for c in spec.columns if spec.live_field(c) is not None]
+        columns = [f for f in (spec.live_field(c) for c in spec.columns) if f is not None]
         titles = _ref_titles(principal, spec, columns, items)
         # a masked value may be neither sorted nor filtered on (its order would reveal it)
         clear = {f.name for f in spec.live_fields if svc.records.authz.field_access(principal, spec, f).clear}
@@ -246,6 +260,7 @@ class RecordPages(BaseView):
         try:
             data = svc.records.related(principal, entity, rid, limit=10)
             tags = svc.records.tags(principal, entity, rid)
+            history = svc.records.history(principal, entity, rid, limit=20)["items"]
         except FinCRMError as exc:
             if exc.status == 404:
                 abort(404)
@@ -263,7 +278,8 @@ class RecordPages(BaseView):
             rcols = [rspec.live_field(c) for c in rspec.columns if rspec.live_field(c) is not None and c != rel.field]
             related.append((rel, rspec, rcols, block, _ref_titles(principal, rspec, rcols, block["items"])))
         return self.render_template(
-            "fincrm/detail.html", spec=spec, record=record, fields=fields, titles=titles, related=related, tags=tags,
+            "fincrm/detail.html", spec=spec, record=record, fields=fields, titles=titles, related=related, tags=tags, history=history,
+            action_labels=ACTION_LABELS, datetime_spec=WHEN,
             lang=lang(), display=display, csrf_token=generate_csrf(),
         )
 
@@ -362,7 +378,7 @@ def _choices(principal: Any, fields: list[FieldSpec]) -> dict[str, list[tuple[in
     for f in fields:
         if f.type == "user":
             out[f.name] = sorted(user_names().items(), key=lambda kv: kv[1])
-        elif f.type == "ref" and f.ref in reg.entities:
+        elif f.type == "ref" and f.ref is not None and f.ref in reg.entities:
             target = reg.entity(f.ref)
             title = target.title_field
             try:
