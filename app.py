@@ -18,11 +18,13 @@ from engine.config import Settings
 from engine.runtime import Runtime
 from engine.security.policy import CasbinAuthorizer
 from engine.web.api import api
+from engine.web.c360 import register_c360
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
 from engine.web.logs import install_log_redaction
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
 from engine.web.security import FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy
+from engine.web.workbench import WorkbenchView
 
 ROOT = Path(__file__).resolve().parent
 
@@ -97,6 +99,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             for doc in services.roles.documents():
                 ensure_fab_role(doc["name"])
         appbuilder.add_view_no_menu(RecordPages())
+        appbuilder.add_view_no_menu(WorkbenchView())
+        register_c360(app, appbuilder)
     app.register_blueprint(api)
     # the record API has no request limits of its own (logins are limited on their own
     # blueprints): skip the limiter's per-request bookkeeping on the hot path

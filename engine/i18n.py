@@ -55,6 +55,27 @@ _FIXED = {
     "access request is invalid": "查看申请填写有误",
     "access request not found": "查看申请不存在",
     "you cannot decide your own access request": "不能审批自己的申请",
+    # metadata changes (engine/services/meta.py, engine/meta/registry.py)
+    "already a column": "已是独立列",
+    "already exists": "已存在",
+    "cannot be changed": "不可修改",
+    "cannot be promoted": "不能转为独立列",
+    "not allowed here": "此处不允许",
+    "scale cannot exceed precision": "小数位数不能超过总位数",
+    "set by the entity definition: give it another value": "由实体定义设置：请改为其他值",
+    "unique, searchable and indexed fields must use column storage": "唯一、可检索或建索引的字段须使用独立列存储",
+    "only column-stored fields can be indexed": "只有独立列存储的字段可以建索引",
+    "only column-stored fields can be indexed: promote the field first": "只有独立列存储的字段可以建索引：请先转为独立列",
+    "options of a multi_enum field cannot be removed": "多选字段的选项不能删除",
+    "a unique encrypted field needs a blind index (searchable: true)": "唯一的加密字段需要盲索引（searchable: true）",
+    "must name a field of type user": "须指定用户类型的字段",
+    "field definition is invalid": "字段定义有误",
+    "entity document is invalid": "实体定义有误",
+    "layout is invalid": "布局设置有误",
+    "metadata is invalid": "元数据有误",
+    "nothing to change: give field_order, list_columns or sections": "没有要保存的修改",
+    "storage can only change from json to column, on its own (promote)": "存储方式只能由 JSON 单独转为独立列（转列操作）",
+    "your role may not configure any entity": "您的角色无权配置任何业务对象",
     "access request was decided by someone else": "该申请已由他人处理",
 }
 
@@ -74,15 +95,39 @@ _PATTERNS = [
     (r"this change would put the (\w+) outside what you may (\w+)", r"此修改将使记录超出您的权限范围"),
     (r"your role may not (\w+) (\w+)", r"您的角色无权执行此操作"),
     (r"field '(\w+)' cannot be (sorted|filtered).*", r"字段\1不能用于排序或筛选"),
+    (r"(\d+) records fall outside the new bounds", r"有\1条记录超出新的取值范围"),
+    (r"(\d+) records have longer values than (\d+) characters", r"有\1条记录长度超过\2个字符"),
+    (r"(\d+) records have no value, so the field cannot become required", r"有\1条记录没有值，不能设为必填"),
+    (r"(\d+) records use the options being removed", r"有\1条记录使用了要删除的选项"),
+    (r"a column-stored (\w+) field cannot become (\w+)", r"独立列存储的\1字段不能改为\2"),
+    (r"changing (\w+) to (\w+) could lose data; add a new field and migrate instead", r"由\1改为\2可能丢失数据：请新增字段后迁移"),
+    (r"'(\w+)' cannot be changed on an existing field", r"已有字段的\1不可修改"),
+    (r"(\w+) fields stay in JSON storage", r"\1字段只能使用 JSON 存储"),
+    (r"field '(\w+)' is already a column", r"字段\1已是独立列"),
+    (r"'(\w+)' is a reserved name", r"\1是保留名称"),
+    (r"duplicate field '(\w+)'", r"字段\1重复"),
+    (r"duplicate section '(\w+)'", r"分组\1重复"),
+    (r"column '(\w+)' is listed twice", r"列\1重复"),
+    (r"field '(\w+)' is already in section '(\w+)'", r"字段\1已在分组\2中"),
+    (r"unknown entity '(\w+)'", r"未知业务对象\1"),
+    (r"entity '(\w+)' already exists", r"业务对象\1已存在"),
+    (r"no version (\d+) of (\w+) '(\w+)'", r"\3没有第\1版"),
     (r"unknown field '(\w+)'.*", r"未知字段\1"),
 ]
 _COMPILED = [(re.compile(p + r"\Z"), r) for p, r in _PATTERNS]
+
+
+_REFUSED = re.compile(r"(change to (?P<what>[\w.]+)|field '(?P<field>\w+)' cannot be archived): (?P<reasons>.+)\Z")
 
 
 def translate(message: str, lang: str) -> str:
     """``message`` in ``lang`` ("zh" or "en"); unknown messages come back unchanged."""
     if lang != "zh" or not message:
         return message
+    refused = _REFUSED.match(message.replace(" refused: ", ": "))
+    if refused:
+        head = f"修改{refused['what']}被拒绝" if refused["what"] else f"字段{refused['field']}不能归档"
+        return head + "：" + "；".join(translate(r, lang) for r in refused["reasons"].split("; "))
     fixed = _FIXED.get(message)
     if fixed is not None:
         return fixed

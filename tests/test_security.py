@@ -79,6 +79,46 @@ READ_ROUTES = {
     "/e/<entity>/<int:rid>": "page_detail",
     "/e/<entity>/<int:rid>/edit": "page_edit",
     "/e/<entity>/new": "page_new",
+    "/c360/<int:customer_id>": "page_c360",
+    "/mywork/": "page_mywork",
+}
+
+
+# GET routes that hold no customer record data, with the reason; everything else that reads
+# must be in READ_ROUTES. Flask-AppBuilder's own admin views (users, roles, permissions …) are
+# guarded by its permissions, which FinCRM's roles do not grant to anyone but admin.
+NO_RECORD_DATA = {
+    "/": "redirects to My work",
+    "/back": "Flask-AppBuilder's history redirect",
+    "/lang/<string:locale>": "language switch",
+    "/login/": "login form",
+    "/logout/": "logout",
+    "/static/<path:filename>": "static assets",
+    "/static/appbuilder/<path:filename>": "static assets",
+    "/api/v1/menu/": "menu entries of the caller",
+    "/api/v1/openapi.json": "API description from metadata",
+    "/api/v1/meta/entities": "metadata (labels, types)",
+    "/api/v1/meta/entities/<entity>": "metadata (labels, types)",
+    "/api/v1/meta/entities/<entity>/schema": "metadata (labels, types)",
+    "/api/v1/meta/entities/<entity>/history": "metadata versions",
+}
+FAB_ADMIN_PREFIXES = (
+    "/users/", "/roles/", "/groups/", "/permissions/", "/permissionviews/", "/viewmenus/",
+    "/resetpassword/", "/resetmypassword/", "/userinfoeditview/", "/userstatschartview/",
+)
+# Read routes a relationship manager may not open at all (403 for rm1, tested below).
+FORBIDDEN_TO_RM = {
+    "/api/v1/audit": "/api/v1/audit",
+    "/api/v1/audit/verify": "/api/v1/audit/verify",
+    "/api/v1/staff/<int:user_id>": "/api/v1/staff/{rm2}",
+    "/api/v1/meta/roles": "/api/v1/meta/roles",
+    "/api/v1/meta/roles/<name>": "/api/v1/meta/roles/relationship_manager",
+    "/workbench/": "/workbench/",
+    "/workbench/e/<entity>/": "/workbench/e/customer/",
+    "/workbench/e/<entity>/history": "/workbench/e/customer/history",
+    "/workbench/e/<entity>/fields/<field>/edit": "/workbench/e/customer/fields/name/edit",
+    "/workbench/roles/": "/workbench/roles/",
+    "/workbench/roles/<name>": "/workbench/roles/relationship_manager",
 }
 
 
@@ -86,11 +126,24 @@ def test_every_read_route_is_covered(app: Any) -> None:
     reads = set()
     for rule in app.url_map.iter_rules():
         path = rule.rule
-        if not (path.startswith("/api/v1/records") or path.startswith("/api/v1/export") or path.startswith("/api/v1/access-requests") or path.startswith("/e/")):
+        if path.startswith(FAB_ADMIN_PREFIXES) or path in NO_RECORD_DATA:
             continue
         if "GET" in rule.methods or path.endswith("/query"):
             reads.add(path)
-    assert reads == set(READ_ROUTES), f"unlisted or removed read routes: {reads ^ set(READ_ROUTES)}"
+    covered = set(READ_ROUTES) | set(FORBIDDEN_TO_RM)
+    assert reads == covered, f"unlisted or removed read routes: {reads ^ covered}"
+
+
+@pytest.mark.parametrize("route", sorted(FORBIDDEN_TO_RM))
+def test_read_routes_outside_a_relationship_managers_role_are_refused(client: Any, login: Any, world: dict[str, Any], route: str) -> None:
+    path = FORBIDDEN_TO_RM[route].format(rm2=world["users"]["rm2"])
+    if path.startswith("/api/"):
+        resp = client.get(path, headers=login("rm1"))
+    else:
+        _page_session(client, "rm1")
+        resp = client.get(path)
+    assert resp.status_code == 403, (path, resp.status_code)
+    assert "rm2的客户" not in resp.get_data(as_text=True)
 
 
 def _page_session(client: Any, username: str) -> None:
@@ -160,6 +213,8 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             "page_detail": [f"/e/customer/{theirs}"],
             "page_edit": [f"/e/customer/{theirs}/edit"],
             "page_new": ["/e/interaction/new", "/e/customer/new"],
+            "page_c360": [f"/c360/{theirs}", f"/c360/{world['customers']['rm1']}"],
+            "page_mywork": ["/mywork/"],
         }[kind]
         for path in paths:
             resp = client.get(path)

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import FieldError, MetadataInvalid, NotFound
 from ..fieldtypes import FIELD_TYPES
 from .schema import METADATA_DIR, pointer, schema_errors
-from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec
+from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec, SectionSpec
 
 __all__ = ["Registry", "build_registry", "load_core_documents", "merge_entity", "freeze_field", "RESERVED_NAMES"]
 
@@ -56,10 +56,13 @@ def load_core_documents(directory: Path | None = None) -> list[dict[str, Any]]:
 
 
 def merge_entity(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """Overlay on top of base: fields merge by name (attributes override), other keys replace."""
+    """Overlay on top of base: fields merge by name (attributes override), other keys replace.
+    An overlay's ``field_order`` is applied last, to the merged fields: the fields it names come
+    first, in its order; the others follow in the order they had (unknown names are ignored here
+    and reported by ``build_registry``)."""
     merged = copy.deepcopy(dict(base))
     for key, value in overlay.items():
-        if key in ("kind", "name"):
+        if key in ("kind", "name", "field_order"):
             continue
         if key == "fields":
             by_name = {f["name"]: i for i, f in enumerate(merged.get("fields", []))}
@@ -70,6 +73,10 @@ def merge_entity(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
                     merged.setdefault("fields", []).append(copy.deepcopy(f))
         else:
             merged[key] = copy.deepcopy(value)
+    order = {name: i for i, name in enumerate(overlay.get("field_order", ()))}
+    if order and merged.get("fields"):
+        # a stable sort: named fields by their place in the order, the rest after, as they were
+        merged["fields"].sort(key=lambda f: order.get(f["name"], len(order)))
     return merged
 
 
@@ -100,6 +107,12 @@ def build_registry(
             errors.append({"pointer": where + "/name", "message": "overlay for an unknown entity"})
             continue
         merged = merge_entity(entity_docs[ov["name"]], ov)
+        names = {f["name"] for f in merged.get("fields", [])}
+        errors += [
+            {"pointer": where + pointer(("field_order", i)), "message": f"unknown field {n!r}"}
+            for i, n in enumerate(ov.get("field_order", ()))
+            if n not in names
+        ]
         errors += [{"pointer": where + e["pointer"], "message": e["message"]} for e in schema_errors("entity", merged)]
         entity_docs[ov["name"]] = merged
     if errors:
@@ -163,6 +176,16 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
     for key in ("search_fields", "list_columns"):  # archived fields simply drop out of these
         for i, s in enumerate(doc.get(key, [])):
             known(s, pointer((key, i)), archived_ok=True)
+    in_section: dict[str, str] = {}
+    section_names: set[str] = set()
+    for i, sec in enumerate(doc.get("sections", [])):
+        if sec["name"] in section_names:
+            errors.append({"pointer": pointer(("sections", i, "name")), "message": f"duplicate section {sec['name']!r}"})
+        section_names.add(sec["name"])
+        for j, s in enumerate(sec["fields"]):
+            known(s, pointer(("sections", i, "fields", j)), archived_ok=True)
+            if in_section.setdefault(s, sec["name"]) != sec["name"]:
+                errors.append({"pointer": pointer(("sections", i, "fields", j)), "message": f"field {s!r} is already in section {in_section[s]!r}"})
     for i, idx in enumerate(doc.get("indexes", [])):
         for j, s in enumerate(idx):
             known(s, pointer(("indexes", i, j)), sortable=True)
@@ -181,6 +204,12 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         default_sort=tuple(doc.get("default_sort") or ("-id",)),
         search_fields=tuple(c for c in doc.get("search_fields", ()) if c in by_name and not by_name[c].archived),
         list_columns=tuple(c for c in doc.get("list_columns", ()) if c in by_name and not by_name[c].archived),
+        sections=tuple(
+            SectionSpec(
+                sec["name"], Label.of(sec["label"], sec["name"]), tuple(c for c in sec["fields"] if c in by_name and not by_name[c].archived)
+            )
+            for sec in doc.get("sections", ())
+        ),
         indexes=tuple(tuple(i) for i in doc.get("indexes", ())),
         icon=doc.get("icon"),
         retention_years=doc.get("retention_years"),

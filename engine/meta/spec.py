@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["Label", "Option", "FieldSpec", "RelationSpec", "EntitySpec", "SYSTEM_FIELDS"]
+__all__ = ["Label", "Option", "FieldSpec", "RelationSpec", "SectionSpec", "EntitySpec", "SYSTEM_FIELDS"]
 
 # Columns every entity table has; never declared in metadata, never writable by clients.
 SYSTEM_FIELDS = ("id", "version", "created_at", "updated_at", "created_by", "updated_by", "retained_at")
@@ -89,6 +89,15 @@ class RelationSpec:
 
 
 @dataclass(frozen=True)
+class SectionSpec:
+    """A titled group of fields on forms; ``fields`` are live fields only, in display order."""
+
+    name: str
+    label: Label
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EntitySpec:
     name: str
     label: Label
@@ -99,6 +108,7 @@ class EntitySpec:
     default_sort: tuple[str, ...] = ("-id",)
     search_fields: tuple[str, ...] = ()
     list_columns: tuple[str, ...] = ()
+    sections: tuple[SectionSpec, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     icon: str | None = None
     retention_years: int | None = None

@@ -57,6 +57,10 @@ def load_core_roles(directory: Path | None = None) -> list[dict[str, Any]]:
     return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
 
 
+# Areas that are not entities: granted only by name, never through '*'.
+AREAS = frozenset({"audit", "meta_roles", "access_requests"})
+
+
 def check_roles(docs: Iterable[Mapping[str, Any]]) -> None:
     errors = []
     for doc in docs:
@@ -138,6 +142,8 @@ class CasbinAuthorizer:
                 if not self._enforcer.enforce(role, obj, action):
                     continue
                 for _, p_obj, p_act, scope in self._enforcer.get_filtered_policy(0, role):
+                    if obj in AREAS and p_obj != obj:
+                        continue  # '*' means every entity, never the audit/roles/access areas
                     if p_act == action and key_match(obj, p_obj) and scope in SCOPES:
                         best = max(best, SCOPES.index(scope))
         result = SCOPES[best] if best >= 0 else None

@@ -10,14 +10,14 @@ keeps its data; a change that would lose data is refused with a 409 and the reas
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import Connection, Date, DateTime, Integer, cast, func, insert, literal, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
 
-from ..errors import BadRequest, Conflict, MetadataInvalid, NotFound, UnsafeChange
+from ..errors import BadRequest, Conflict, Forbidden, MetadataInvalid, NotFound, UnsafeChange
 from ..fieldtypes import FIELD_TYPES
 from ..meta.registry import freeze_field
 from ..meta.schema import schema_errors
@@ -28,7 +28,7 @@ from ..security.authz import Authorizer
 from ..security.principal import Principal
 from ..store.migrate import apply_migration, plan_migration
 from ..store.query import field_expr
-from ..store.tables import meta_doc_table
+from ..store.tables import meta_doc_table, tag_table
 
 __all__ = ["MetaService", "SAFE_TYPE_CHANGES"]
 
@@ -119,45 +119,23 @@ class MetaService:
         return self.entity(principal, doc["name"])
 
     def add_field(self, principal: Principal, entity: str, field_doc: Any, comment: str | None = None) -> dict[str, Any]:
-        self.authz.require(principal, entity, "configure")
-        if not isinstance(field_doc, dict):
-            raise BadRequest("the request body must be a JSON object")
-        field_doc = {"storage": "json", **field_doc}  # runtime fields: no DDL unless asked for
-        self._field_schema_check(field_doc)
-        spec = self.runtime.cached_snapshot().registry.entity(entity)
-        if spec.field(field_doc["name"]) is not None:
-            raise Conflict(
-                f"field {field_doc['name']!r} already exists on {entity}" + (" (archived)" if spec.field(field_doc["name"]).archived else ""),  # type: ignore[union-attr]
-                [{"field": "name", "message": "already exists"}],
-            )
-        overlay = self._overlay(entity)
-        overlay.setdefault("fields", []).append(field_doc)
+        field_doc, overlay = self._with_new_field(principal, entity, field_doc)
         self._commit(principal, "entity_overlay", entity, overlay, comment=comment or f"add field {field_doc['name']}")
         return self._field_out(entity, field_doc["name"])
 
     def patch_field(self, principal: Principal, entity: str, name: str, changes: Any) -> dict[str, Any]:
+        """Change attributes of a live field; ``None`` removes an attribute the runtime overlay
+        set (one the entity's own definition sets can only be given another value)."""
         self.authz.require(principal, entity, "configure")
-        if not isinstance(changes, dict) or not changes:
-            raise BadRequest("the request body must be a non-empty JSON object")
-        snap = self.runtime.cached_snapshot()
-        spec = snap.registry.entity(entity)
-        current = spec.live_field(name)
-        if current is None:
-            raise NotFound(f"unknown field {name!r} on {entity}")
-        if "storage" in changes:
+        if isinstance(changes, dict) and "storage" in changes:
+            current = self.runtime.cached_snapshot().registry.entity(entity).live_field(name)
+            if current is None:
+                raise NotFound(f"unknown field {name!r} on {entity}")
             if changes["storage"] == "column" and current.storage == "json" and len(changes) == 1:
                 return self.promote_field(principal, entity, name)
             raise UnsafeChange("storage can only change from json to column, on its own (promote)", [{"field": "storage", "message": "not allowed here"}])
-        bad = sorted(set(changes) - PATCHABLE)
-        if bad:
-            raise UnsafeChange(f"{bad[0]!r} cannot be changed on an existing field", [{"field": b, "message": "cannot be changed"} for b in bad])
-        merged = {**self.describe_field(current), **changes}
-        merged.pop("archived", None)
-        self._field_schema_check(merged)
-        new = freeze_field(merged)
-        self._check_safe(snap, spec, current, new)
-        overlay = self._overlay(entity)
-        _overlay_field(overlay, name).update(changes)
+        overlay, current, new = self._with_changed_field(principal, entity, name, changes)
+        spec = self.runtime.cached_snapshot().registry.entity(entity)
         widen = None
         if current.storage == "column" and (new.type != current.type or new.max_length != current.max_length):
 
@@ -171,6 +149,81 @@ class MetaService:
 
         self._commit(principal, "entity_overlay", entity, overlay, comment=f"change field {name}", after_ddl=widen)
         return self._field_out(entity, name)
+
+    def preview_field(self, principal: Principal, entity: str, field_doc: Any, name: str | None = None) -> FieldSpec:
+        """The field as ``add_field`` (``name`` None) or ``patch_field`` would leave it, after the
+        same checks — meta-schema, the whole registry rebuilt, data safety — with nothing saved."""
+        if name is None:
+            field_doc, overlay = self._with_new_field(principal, entity, field_doc)
+            name = field_doc["name"]
+        else:
+            overlay, _, _ = self._with_changed_field(principal, entity, name, field_doc)
+        with self.runtime.engine.connect() as conn:
+            snap = self.runtime.build(conn, self.runtime.cached_snapshot().version, extra=[overlay])
+        built = snap.registry.entity(entity).field(name)
+        assert built is not None
+        return built
+
+    def set_layout(
+        self,
+        principal: Principal,
+        entity: str,
+        *,
+        field_order: Sequence[str] | None = None,
+        list_columns: Sequence[str] | None = None,
+        sections: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Field order, list columns and form sections of an entity, as a new overlay version.
+        ``list_columns=[]`` / ``sections=[]`` go back to the defaults; ``None`` leaves a part as it is."""
+        self.authz.require(principal, entity, "configure")
+        self.runtime.cached_snapshot().registry.entity(entity)  # 404 for an unknown entity
+        overlay = self._overlay(entity)
+        parts = []
+        if field_order is not None:
+            overlay["field_order"] = list(field_order)
+            parts.append("field order")
+        if list_columns is not None:
+            overlay["list_columns"] = list(list_columns)
+            parts.append("list columns")
+        if sections is not None:
+            overlay["sections"] = [dict(sec) for sec in sections]
+            parts.append("form sections")
+        if not parts:
+            raise BadRequest("nothing to change: give field_order, list_columns or sections")
+        errors = schema_errors("entity_overlay", overlay)
+        seen: set[str] = set()
+        for i, c in enumerate(overlay.get("list_columns", [])):
+            if c in seen:
+                errors.append({"pointer": f"/list_columns/{i}", "message": f"column {c!r} is listed twice"})
+            seen.add(c)
+        if errors:
+            raise MetadataInvalid("layout is invalid", [{**e, "field": e["pointer"].split("/")[1] if e["pointer"] else ""} for e in errors])
+        self._commit(principal, "entity_overlay", entity, overlay, comment="change " + ", ".join(parts))
+        return self.entity(principal, entity)
+
+    def configurable(self, principal: Principal) -> list[EntitySpec]:
+        """The entities ``principal`` may configure, by name; Forbidden if there are none."""
+        reg = self.runtime.cached_snapshot().registry
+        out = [s for _, s in sorted(reg.entities.items()) if self._may_configure(principal, s.name)]
+        if not out:
+            raise Forbidden("your role may not configure any entity")
+        return out
+
+    def configured_entity(self, principal: Principal, entity: str) -> EntitySpec:
+        """The current spec of ``entity`` (archived fields included), for someone who may configure it."""
+        self.authz.require(principal, entity, "configure")
+        return self.runtime.cached_snapshot().registry.entity(entity)
+
+    def tags_in_use(self, principal: Principal, entity: str) -> list[dict[str, Any]]:
+        """The tags on ``entity`` records with how many records carry each, most used first.
+        (Tags are free-form per record; there are no tag-set documents yet.)"""
+        self.authz.require(principal, entity, "configure")
+        self.runtime.cached_snapshot().registry.entity(entity)
+        t = tag_table
+        n = func.count().label("n")
+        with self.runtime.engine.connect() as conn:
+            rows = conn.execute(select(t.c.tag, n).where(t.c.entity == entity).group_by(t.c.tag).order_by(n.desc(), t.c.tag).limit(500)).all()
+        return [{"tag": r.tag, "count": int(r.n)} for r in rows]
 
     def archive_field(self, principal: Principal, entity: str, name: str) -> dict[str, Any]:
         self.authz.require(principal, entity, "configure")
@@ -249,6 +302,75 @@ class MetaService:
         return {"kind": kind, "name": name, "reverted_to": version}
 
     # ------------------------------------------------------------------ internals
+
+    def _with_new_field(self, principal: Principal, entity: str, field_doc: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Check a new field as far as possible without the database; the overlay that adds it."""
+        self.authz.require(principal, entity, "configure")
+        if not isinstance(field_doc, dict):
+            raise BadRequest("the request body must be a JSON object")
+        field_doc = {"storage": "json", **field_doc}  # runtime fields: no DDL unless asked for
+        self._field_schema_check(field_doc)
+        spec = self.runtime.cached_snapshot().registry.entity(entity)
+        existing = spec.field(field_doc["name"])
+        if existing is not None:
+            raise Conflict(
+                f"field {field_doc['name']!r} already exists on {entity}" + (" (archived)" if existing.archived else ""),
+                [{"field": "name", "message": "already exists"}],
+            )
+        overlay = self._overlay(entity)
+        overlay.setdefault("fields", []).append(field_doc)
+        return field_doc, overlay
+
+    def _with_changed_field(self, principal: Principal, entity: str, name: str, changes: Any) -> tuple[dict[str, Any], FieldSpec, FieldSpec]:
+        """Check a change to a live field (safe for the stored data too): (overlay, old, new)."""
+        self.authz.require(principal, entity, "configure")
+        if not isinstance(changes, dict) or not changes:
+            raise BadRequest("the request body must be a non-empty JSON object")
+        snap = self.runtime.cached_snapshot()
+        spec = snap.registry.entity(entity)
+        current = spec.live_field(name)
+        if current is None:
+            raise NotFound(f"unknown field {name!r} on {entity}")
+        bad = sorted(set(changes) - PATCHABLE)
+        if bad:
+            raise UnsafeChange(f"{bad[0]!r} cannot be changed on an existing field", [{"field": b, "message": "cannot be changed"} for b in bad])
+        removed = sorted(k for k, v in changes.items() if v is None)
+        declared = [k for k in removed if k in self._declared_field(entity, name)]
+        if declared:
+            raise UnsafeChange(
+                f"{declared[0]!r} is set by the definition of {entity}.{name} and cannot be removed; give it another value instead",
+                [{"field": k, "message": "set by the entity definition: give it another value"} for k in declared],
+            )
+        merged = {k: v for k, v in {**self.describe_field(current), **changes}.items() if v is not None}
+        merged.pop("archived", None)
+        self._field_schema_check(merged)
+        new = freeze_field(merged)
+        self._check_safe(snap, spec, current, new)
+        overlay = self._overlay(entity)
+        entry = _overlay_field(overlay, name)
+        entry.update({k: v for k, v in changes.items() if v is not None})
+        for k in removed:
+            entry.pop(k, None)
+        return overlay, current, new
+
+    def _declared_field(self, entity: str, name: str) -> dict[str, Any]:
+        """Field ``name`` as the entity's own documents (core, package, runtime entity) declare it."""
+        with self.runtime.engine.connect() as conn:
+            entities, _ = self.runtime.runtime_documents(conn)
+        out: dict[str, Any] = {}
+        for doc in [*self.runtime.core_documents, *entities]:
+            if doc.get("name") == entity and doc.get("kind") == "entity":
+                for f in doc.get("fields", []):
+                    if f.get("name") == name:
+                        out.update(f)
+        return out
+
+    def _may_configure(self, principal: Principal, entity: str) -> bool:
+        try:
+            self.authz.require(principal, entity, "configure")
+        except Forbidden:
+            return False
+        return True
 
     def _field_schema_check(self, field_doc: Mapping[str, Any]) -> None:
         errors = schema_errors("field", field_doc)

@@ -334,7 +334,7 @@ class RecordPages(BaseView):
         return self.render_template(
             "fincrm/form.html", spec=spec, record=record, fields=fields, errors=errors, message=message, rid=rid, masked=masked, conflict=conflict,
             lang=lang(), csrf_token=generate_csrf(), widgets={f.name: FIELD_TYPES[f.type].widget for f in fields},
-            choices=_choices(principal, fields),
+            choices=_choices(principal, fields), groups=_form_groups(spec, fields),
         )
 
     @expose("/<entity>/<int:rid>/delete", methods=["POST"])
@@ -363,6 +363,21 @@ class RecordPages(BaseView):
         except FinCRMError as exc:
             flash(translate(exc.message, lang()), "danger")
         return redirect(url_for("RecordPages.detail", entity=entity, rid=rid))
+
+
+def _form_groups(spec: EntitySpec, fields: list[FieldSpec]) -> list[tuple[Any, list[FieldSpec]]]:
+    """The form's fields in the entity's sections (label, fields); fields in no section follow
+    the last one, untitled (as the entity schema says). Without sections: one untitled group."""
+    by_name = {f.name: f for f in fields}
+    placed: set[str] = set()
+    groups: list[tuple[Any, list[FieldSpec]]] = []
+    for sec in spec.sections:
+        members = [by_name[n] for n in sec.fields if n in by_name]
+        placed.update(n for n in sec.fields)
+        if members:
+            groups.append((sec, members))
+    rest = [f for f in fields if f.name not in placed]
+    return groups + ([(None, rest)] if rest else [])
 
 
 REF_CHOICES_MAX = 200

@@ -154,3 +154,78 @@ def test_an_edit_conflict_is_shown_and_keeps_the_users_input(page_as: Any, api: 
     assert page.locator("#f-occupation").input_value() == "医生"
     stored = client.get(f"{CUSTOMERS}/{record['id']}", headers=login("rm1")).json
     assert stored["occupation"] == "律师" and stored["version"] == 2
+
+
+def test_rm1_opens_a_customer_360_and_sees_the_masked_id(page_as: Any, api: Any, seeded: dict[str, Any]) -> None:
+    client, login = api
+    cid = seeded["mine"]["id"]
+    rm1 = login("rm1")
+    products = [client.post("/api/v1/records/product", json={"code": f"UI{i}", "name": f"稳健理财{i}号", "type": "wealth", "risk_level": "R2"}, headers=login("admin")).json["id"] for i in range(2)]
+    for i, p in enumerate(products):
+        assert client.post("/api/v1/records/holding", json={"customer": cid, "product": p, "amount": str(100000 * (i + 1)), "start_date": "2026-01-01", "maturity_date": "2026-12-20"}, headers=rm1).status_code == 201
+    for month in range(1, 12):
+        for direction in ("in", "out"):
+            body = {"customer": cid, "product": products[0], "amount": str(1000 * month), "direction": direction, "channel": "mobile_app", "occurred_at": f"2026-{month:02d}-10T10:00:00Z"}
+            assert client.post("/api/v1/records/transaction", json=body, headers=rm1).status_code == 201
+    assert client.post("/api/v1/records/interaction", json={"customer": cid, "channel": "visit", "occurred_at": "2026-11-20T10:00:00Z", "summary": "面谈资产配置"}, headers=rm1).status_code == 201
+    assert client.post(f"/api/v1/records/customer/{cid}/tags", json={"tag": "高净值"}, headers=rm1).status_code == 201
+    page = page_as("rm1")
+    page.goto(f"/e/customer/{cid}")
+    page.locator("#c360-link").click()
+    page.wait_for_load_state("networkidle")
+    header = page.locator("#c360-header")
+    assert "王小明" in header.inner_text() and "¥1,234,567.89" in header.inner_text()
+    shown = page.locator("#c360-header [data-field=id_number]").inner_text().strip()
+    assert shown.endswith("002X") and "*" in shown and ID_NUMBER not in page.content()
+    chart = page.locator("#c360-chart canvas")
+    chart.first.wait_for(state="attached")  # ECharts drew the monthly chart (local asset, CSP nonce)
+    assert page.errors == []
+    screenshot(page, "customer-360")
+    # rm2's customer is not there, not even by URL
+    resp = page.goto(f"/c360/{seeded['theirs']['id']}")
+    assert resp is not None and resp.status == 404 and "赵秘密" not in page.content()
+
+
+def test_my_work_lists_rm1s_tasks(page_as: Any, api: Any, seeded: dict[str, Any]) -> None:
+    client, login = api
+    body = {"title": "回访王小明", "customer": seeded["mine"]["id"], "status": "open", "due_at": "2020-01-01T09:00:00Z"}
+    assert client.post("/api/v1/records/task", json=body, headers=login("rm1")).status_code == 201
+    page = page_as("rm1")
+    page.goto("/")
+    assert page.url.endswith("/mywork/")
+    assert "回访王小明" in page.locator("#mywork-tasks").inner_text()
+    screenshot(page, "my-work")
+
+
+def test_admin_adds_a_field_in_the_workbench_and_it_appears_without_restart(page_as: Any, seeded: dict[str, Any]) -> None:
+    page = page_as("admin")
+    page.goto("/workbench/e/customer/")
+    page.fill("#wb-name", "wechat_id")
+    page.fill("#wb-label_zh", "微信号")
+    page.fill("#wb-label_en", "WeChat ID")
+    page.select_option("#wb-type", "string")
+    page.locator("#preview-field").click()
+    page.wait_for_load_state("networkidle")
+    assert "微信号" in page.content()  # the preview shows the widget, nothing saved yet
+    screenshot(page, "workbench")
+    page.locator("#save-field").click()
+    page.wait_for_load_state("networkidle")
+    assert page.locator("#field-wechat_id").count() == 1
+    page.locator("#col-wechat_id").check()
+    page.locator("#save-columns").click()
+    page.wait_for_load_state("networkidle")
+    page.goto("/e/customer/new")
+    assert page.locator("#f-wechat_id").count() == 1
+    page.fill("#f-name", "微信客户")
+    page.fill("#f-wechat_id", "wx_fincrm")
+    page.fill("#f-aum", "100")
+    page.locator("form.fincrm-form button[type=submit]").click()
+    page.wait_for_load_state("networkidle")
+    page.goto("/e/customer/")
+    assert page.locator("th", has_text="微信号").count() == 1
+    assert "wx_fincrm" in page.locator("td[data-field=wechat_id]").all_inner_texts()
+    # a relationship manager gets no workbench
+    rm = page_as("rm1")
+    assert rm.locator("[data-nav=workbench]").count() == 0
+    resp = rm.goto("/workbench/")
+    assert resp is not None and resp.status == 403
