@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import create_engine, delete, text
 
-from tests.conftest import TEST_DB_URL, TEST_MASTER_KEY, TEST_PASSWORD
+from tests.conftest import TEST_DB_URL, TEST_MASTER_KEY, TEST_PASSWORD, reset_postgres
 
 SECRET_KEY = "test-secret-key-0123456789abcdef"
 LABEL = {"zh": "测试", "en": "Test"}
@@ -54,14 +54,7 @@ def second_worker(app: Any) -> Iterator[Any]:
 def _shared_postgres_url() -> str:
     """A schema of its own for a module-wide app, so function-scoped fixtures (which reset the
     per-process test schema) never drop its tables."""
-    schema = f"fincrm_m{os.getpid()}"
-    engine = create_engine(TEST_DB_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
-    sep = "&" if "?" in TEST_DB_URL else "?"
-    return f"{TEST_DB_URL}{sep}options=-csearch_path%3D{schema}"
+    return reset_postgres(TEST_DB_URL, f"fincrm_m{os.getpid()}")
 
 
 def _drop_shared_postgres() -> None:

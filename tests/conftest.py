@@ -20,13 +20,13 @@ TEST_DB_URL = os.environ.get("FINCRM_TEST_DATABASE_URL", "").strip()
 TEST_MASTER_KEY = base64.b64encode(b"k" * 32).decode()
 
 
-def reset_postgres(url: str) -> str:
+def reset_postgres(url: str, schema: str | None = None) -> str:
     """Give this test process its own empty schema in the test database; return its URL.
 
     A schema per process (``search_path`` set through the connection options) lets several
     test runs share one PostgreSQL database without dropping each other's tables.
     """
-    schema = f"fincrm_t{os.getpid()}"
+    schema = schema or f"fincrm_t{os.getpid()}"
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
