@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping
 
-from sqlalchemy import DateTime, Interval, and_, cast, func, literal, select
+from sqlalchemy import DateTime, Interval, and_, cast, func, literal, select, true
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Exists
 
@@ -140,7 +140,7 @@ class Customer360:
         """Everything the 360 page shows. A customer outside the reader's scope is NotFound."""
         customer = self.records.get(principal, "customer", customer_id)
         cid = int(customer["id"])
-        header = self._header(principal, cid)
+        header, monthly = self._header(principal, cid)
         sections = {
             "holdings": self._section(principal, "holding", cid),
             "transactions": self._section(principal, "transaction", cid),
@@ -168,7 +168,7 @@ class Customer360:
             "pending_access": header["pending"],
             "masked_fields": [n for n in masked if n not in granted],
             "granted_fields": granted,
-            "monthly": self._monthly(principal, cid),
+            "monthly": monthly,
             "products": self._titles(principal, "product", product_ids, ("code", "name", "type", "risk_level")),
             **sections,
         }
@@ -206,9 +206,10 @@ class Customer360:
             items = [i for i in items if i.get(status) in open_values] + [i for i in items if i.get(status) not in open_values]
         return Section(entity, items, page.next_cursor is not None)
 
-    def _header(self, principal: Principal, cid: int) -> dict[str, Any]:
-        """Tags, consent per purpose and my pending access requests, in one statement: a one-row
-        subquery of scalar facts, left-joined to the customer's tags."""
+    def _header(self, principal: Principal, cid: int) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        """Tags, consent per purpose, my pending access requests and the monthly flows, in one
+        statement: a one-row subquery of scalar facts (tags aggregated into one), left-joined on
+        TRUE to the month groups."""
         snap = self.runtime.cached_snapshot()
         facts: list[Any] = []
         purposes: list[tuple[str, Label]] = []
@@ -230,13 +231,19 @@ class Customer360:
         facts.append(select(func.count()).select_from(t).where(mine).scalar_subquery().label("pending_count"))
         facts.append(select(t.c.fields).where(mine).order_by(t.c.id.desc()).limit(1).scalar_subquery().label("pending_fields"))
         facts.append(select(t.c.created_at).where(mine).order_by(t.c.id.desc()).limit(1).scalar_subquery().label("pending_at"))
-        one = select(*facts).subquery("facts")
         tg = tag_table
-        stmt = (
-            select(one, tg.c.tag)
-            .select_from(one.outerjoin(tg, and_(tg.c.entity == "customer", tg.c.record_id == cid)))
-            .order_by(tg.c.tag)
+        agg = func.string_agg if self.runtime.dialect == "postgresql" else func.group_concat
+        facts.append(
+            select(agg(tg.c.tag, literal(TAG_SEP))).where(tg.c.entity == "customer", tg.c.record_id == cid).scalar_subquery().label("tags")
         )
+        one = select(*facts).subquery("facts")
+        grouped, keys = self._monthly(principal, cid)
+        if grouped is None:
+            stmt = select(one)
+        else:
+            # the month groups ride on the one-row facts (LEFT JOIN ON TRUE): one round trip
+            m = grouped.subquery("m")
+            stmt = select(one, m.c.month, m.c.direction, m.c.total, m.c.n).select_from(one.outerjoin(m, true()))
         with self.runtime.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
         first = rows[0]
@@ -250,20 +257,33 @@ class Customer360:
                 "fields": list(first["pending_fields"] or ()),
                 "created_at": FIELD_TYPES["datetime"].dump(first["pending_at"]),
             }
-        return {"tags": [r["tag"] for r in rows if r["tag"] is not None], "consent": consent, "pending": pending}
+        tags = sorted(t for t in (first["tags"] or "").split(TAG_SEP) if t)
+        monthly = None
+        if grouped is not None:
+            zero = Decimal("0.00")
+            out: dict[str, dict[str, Any]] = {k: {"month": k, "in": zero, "out": zero, "count": 0} for k in keys}
+            for row in rows:
+                bucket = out.get(row["month"]) if row["month"] is not None else None
+                if bucket is None or row["direction"] not in ("in", "out"):
+                    continue
+                bucket[row["direction"]] = Decimal(row["total"] or 0).quantize(Decimal("0.01"))
+                bucket["count"] += int(row["n"])
+            monthly = list(out.values())
+        return {"tags": tags, "consent": consent, "pending": pending}, monthly
 
-    def _monthly(self, principal: Principal, cid: int) -> list[dict[str, Any]] | None:
-        """In/out sums and counts per local calendar month over the last ``months`` months,
-        grouped in SQL over the transactions the reader may see; months without any are zero.
+    def _monthly(self, principal: Principal, cid: int) -> tuple[Any, list[str]]:
+        """The grouped statement of in/out sums and counts per local calendar month over the
+        last ``months`` months, over the transactions the reader may see (run by ``_header``;
+        months without any are shown as zero), and the month keys.
 
-        None when the reader may not read transactions or sees their amounts masked (a sum
-        would reveal what the mask hides)."""
+        (None, []) when the reader may not read transactions or sees their amounts masked (a
+        sum would reveal what the mask hides)."""
         if not self._readable(principal, "transaction"):
-            return None
+            return None, []
         v = self.records.view(principal, "transaction")
         fields = {name: v.spec.live_field(name) for name in ("customer", "amount", "direction", "occurred_at")}
         if any(f is None or not v.clear(f) for f in fields.values()):
-            return None
+            return None, []
         keys = month_keys(self.now(), self.months)
         start = _month_start_utc(keys[0])
         where = self.records.where(
@@ -283,17 +303,7 @@ class Customer360:
         stmt = select(
             rows_sub.c.month, rows_sub.c.direction, func.sum(rows_sub.c.amount).label("total"), func.count().label("n")
         ).group_by(rows_sub.c.month, rows_sub.c.direction)
-        with self.runtime.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        zero = Decimal("0.00")
-        out: dict[str, dict[str, Any]] = {k: {"month": k, "in": zero, "out": zero, "count": 0} for k in keys}
-        for month, direction, total, n in rows:
-            bucket = out.get(month)
-            if bucket is None or direction not in ("in", "out"):
-                continue
-            bucket[direction] = Decimal(total or 0).quantize(Decimal("0.01"))
-            bucket["count"] += int(n)
-        return list(out.values())
+        return stmt, keys
 
     def _local_month(self, moment: ColumnElement[Any]) -> ColumnElement[str]:
         """``YYYY-MM`` of a stored UTC moment in local time, as SQL for this database.
@@ -320,6 +330,9 @@ class Customer360:
         names = [n for n in fields if spec.live_field(n) is not None and view.access[n].view != "hidden"]
         page = self.records.list(principal, entity, filter={"field": "id", "op": "in", "value": wanted}, fields=names, limit=len(wanted))
         return {int(i["id"]): i for i in page.items}
+
+
+TAG_SEP = "\x1f"  # tags are normalised text: control characters never occur in them
 
 
 class MyWork:

@@ -131,12 +131,19 @@ def money(value: Any, currency: str | None = "CNY") -> str:
 
 
 def user_names() -> dict[int, str]:
-    """Staff display names, read once per request (one query) for user-type fields."""
+    """Staff display names for user-type fields: one query per process and policy version
+    (a new or renamed user moves the policy stamp)."""
     if "fincrm_user_names" not in g:
-        sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
-        model = sm.user_model
-        rows = sm.session.query(model.id, model.first_name, model.last_name).all()
-        g.fincrm_user_names = {r.id: f"{r.first_name}{r.last_name}" for r in rows}
+        svc = services()
+        policy = refresh_request_state()[1]
+        cached = svc.principal_cache.get(("staff_names", policy))
+        if cached is None:
+            sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
+            model = sm.user_model
+            rows = sm.session.query(model.id, model.first_name, model.last_name).all()
+            cached = {r.id: f"{r.first_name}{r.last_name}" for r in rows}
+            svc.principal_cache[("staff_names", policy)] = cached
+        g.fincrm_user_names = cached
     return g.fincrm_user_names  # type: ignore[no-any-return]
 
 
@@ -506,6 +513,15 @@ def csp_nonce() -> str:
     return g.csp_nonce  # type: ignore[no-any-return]
 
 
+def _is_admin() -> bool:
+    """From the cached principal: Flask-AppBuilder's own menu (users, roles, permissions) is for
+    admins only, and asking FAB costs three queries per page for everyone else."""
+    try:
+        return "admin" in current_principal().roles
+    except FinCRMError:
+        return False
+
+
 def nav_items() -> list[dict[str, Any]]:
     """The navbar: My work, customers, the entity index, the workbench (configure only), each
     only if its page exists in this app and the user's role may open it."""
@@ -543,6 +559,7 @@ def register_page_helpers(app: Flask) -> None:
             "json": json,
             "csp_nonce": csp_nonce,
             "fincrm_nav": nav_items,
+            "fincrm_is_admin": _is_admin,
             "money": money,
             "M": lambda message: translate(str(message), lang()),
         }

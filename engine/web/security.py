@@ -114,9 +114,19 @@ def install_session_hooks(app: Flask, db_session: Any) -> None:
                 state = sa_inspect(obj)
                 if state.attrs.active.history.has_changes() or state.attrs.roles.history.has_changes():
                     sess.info.setdefault("fincrm_changed_users", set()).add(int(obj.id))
+                if state.attrs.first_name.history.has_changes() or state.attrs.last_name.history.has_changes():
+                    sess.info["fincrm_staff_changed"] = True
+        if any(isinstance(obj, user_model) for obj in sess.new):
+            sess.info["fincrm_staff_changed"] = True
 
     @event.listens_for(db_session, "after_commit")
     def _revoke_changed(sess: Any) -> None:
         changed = sess.info.pop("fincrm_changed_users", set())
         for user_id in sorted(changed):
             revoke_user_sessions(app, user_id, "account disabled or roles changed")
+        if sess.info.pop("fincrm_staff_changed", False) and not changed and "fincrm" in app.extensions:
+            # staff names are cached per policy version (pages show them): a new or renamed
+            # user moves the stamp so every process reloads the directory
+            runtime = app.extensions["fincrm"].runtime
+            with runtime.begin() as conn:
+                runtime.bump(conn, POLICY_VERSION)
