@@ -9,7 +9,9 @@ Steps: reset the database; create the schema, roles and bench users through the 
 customers (PostgreSQL: COPY, with real AES-GCM ciphertexts and blind indexes for ID numbers;
 SQLite: executemany); start FinCRM and bench/bare_app.py each under gunicorn (2 sync workers)
 on loopback; drive each with wrk (fixed duration, a Lua script varying ids/owners and sending
-the bearer token); time the same statements as raw SQL in-process; time adding a field.
+the bearer token) in interleaved rounds after a warm-up — FinCRM and bare alternate, so both see
+the same machine state (after VACUUM ANALYZE + CHECKPOINT of the loaded table) — and keep the
+median round of each; time the same statements as raw SQL in-process; time adding a field.
 
 Workloads:
 - get:  GET one customer by a random id (admin: scope all, masking on)
@@ -297,6 +299,7 @@ def main() -> None:
     ap.add_argument("--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/fincrm_bench")
     ap.add_argument("--seconds", type=int, default=10, help="wrk duration per workload")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round counts")
     args = ap.parse_args()
     url = args.database_url
     data_dir = Path(tempfile.mkdtemp(prefix="fincrm-bench-"))
@@ -312,10 +315,22 @@ def main() -> None:
         all_ids = [r[0] for r in conn.execute(text("SELECT id FROM e_customer ORDER BY random() LIMIT 2000"))]
     rt.dispose()
 
+    if dialect == "postgresql":
+        # settle the database before measuring: without this, autovacuum of the freshly loaded
+        # table runs during whichever server is measured first
+        from sqlalchemy import create_engine, text as sql_text
+
+        eng = create_engine(url, isolation_level="AUTOCOMMIT")
+        with eng.connect() as conn:
+            conn.execute(sql_text("VACUUM ANALYZE e_customer"))
+            conn.execute(sql_text("CHECKPOINT"))
+        eng.dispose()
+
     env = {**env_for(url, data_dir), "FINCRM_AUTO_INIT": "0"}
-    results: dict[str, Any] = {"database": dialect, "customers": args.customers, "seed_seconds": seconds}
+    results: dict[str, Any] = {"database": dialect, "customers": args.customers, "seed_seconds": seconds, "rounds": args.rounds}
     fin_port, bare_port = 8111, 8112
     fin = start_gunicorn("app:create_app()", fin_port, env)
+    bare = None
     try:
         base = f"http://127.0.0.1:{fin_port}"
         admin_token = login(base, "bench_admin")
@@ -328,9 +343,28 @@ def main() -> None:
             page = http_json(base + list_path, tok)[1]
             cursors.append(list_path + "&" + urllib.parse.urlencode({"cursor": page["next_cursor"]}))
         get_paths = [f"/api/v1/records/customer/{i}" for i in all_ids[:500]]
-        results["fincrm_get"] = run_wrk(base, get_paths, [admin_token], args.seconds, args.connections)
-        results["fincrm_list"] = run_wrk(base, [list_path] * RMS, rm_tokens, args.seconds, args.connections)
-        results["fincrm_page2"] = run_wrk(base, cursors, rm_tokens, args.seconds, args.connections)
+        workloads: dict[str, tuple[str, list[str], list[str]]] = {
+            "fincrm_get": (base, get_paths, [admin_token]),
+            "fincrm_list": (base, [list_path] * RMS, rm_tokens),
+            "fincrm_page2": (base, cursors, rm_tokens),
+        }
+        if dialect == "postgresql":
+            bare_env = {**os.environ, "BARE_DSN": url.replace("postgresql+psycopg://", "postgresql://")}
+            bare = start_gunicorn("bench.bare_app:app", bare_port, bare_env)
+            bbase = f"http://127.0.0.1:{bare_port}"
+            workloads["bare_get"] = (bbase, [f"/customers/{i}" for i in all_ids[:500]], [])
+            workloads["bare_list"] = (bbase, [f"/customers?owner={o}" for o in rm_ids], [])
+        order = [k for k in ("fincrm_get", "bare_get", "fincrm_list", "bare_list", "fincrm_page2") if k in workloads]
+        for key in order:  # warm both servers (workers, caches, prepared plans)
+            run_wrk(*workloads[key], 2, args.connections)
+        # interleaved rounds, median per workload: FinCRM and bare see the same machine state
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in order}
+        for _ in range(args.rounds):
+            for key in order:
+                runs[key].append(run_wrk(*workloads[key], args.seconds, args.connections))
+        for key, samples in runs.items():
+            samples.sort(key=lambda r: r["rps"])
+            results[key] = {**samples[len(samples) // 2], "rps_all": [round(r["rps"]) for r in samples]}
         # adding a field at N rows: JSON storage, then a real column; then the first filter on it
         timings = {}
         for storage in ("json", "column"):
@@ -347,14 +381,7 @@ def main() -> None:
         results["add_field"] = timings
     finally:
         stop(fin)
-    if dialect == "postgresql":
-        bare_env = {**os.environ, "BARE_DSN": url.replace("postgresql+psycopg://", "postgresql://")}
-        bare = start_gunicorn("bench.bare_app:app", bare_port, bare_env)
-        try:
-            bbase = f"http://127.0.0.1:{bare_port}"
-            results["bare_get"] = run_wrk(bbase, [f"/customers/{i}" for i in all_ids[:500]], [], args.seconds, args.connections)
-            results["bare_list"] = run_wrk(bbase, [f"/customers?owner={o}" for o in rm_ids], [], args.seconds, args.connections)
-        finally:
+        if bare is not None:
             stop(bare)
     results["raw_ms"] = raw_sql(url, all_ids, rm_ids, 500)
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -363,7 +390,7 @@ def main() -> None:
     for key in ("fincrm_get", "bare_get", "fincrm_list", "bare_list", "fincrm_page2"):
         if key in results:
             r = results[key]
-            print(f"{key:<16}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p95_ms']:>10.2f}{r['errors']:>8d}")
+            print(f"{key:<16}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p95_ms']:>10.2f}{r['errors']:>8d}   rounds: {r['rps_all']}")
     if "bare_get" in results:
         results["ratio_get"] = results["fincrm_get"]["rps"] / results["bare_get"]["rps"]
         results["ratio_list"] = results["fincrm_list"]["rps"] / results["bare_list"]["rps"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Connection, Table, and_, delete, false, func, insert, or_, select, true, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -116,6 +116,9 @@ class RecordService:
     def __init__(self, runtime: Runtime, authz: Authorizer) -> None:
         self.runtime = runtime
         self.authz = authz
+        # get-by-id statements, built once per (metadata, policy, principal, fields): the id is
+        # a bound parameter, so the hot path skips building and cache-keying a new SELECT
+        self._get_statements: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -419,9 +422,19 @@ class RecordService:
         self.authz.require(principal, entity, "read")
         rid = _record_id(record_id)
         out_fields = self._columns_for(v, fields)
-        stmt = select(*self._select_columns(v, out_fields), *self.runtime.stamp_columns()).where(v.table.c.id == rid, v.scope())
+        stamps = self.runtime.stamp_columns()
+        key = (
+            v.snap.version, getattr(self.authz, "version", None), entity, replace(principal, ip=None, grants=()),
+            tuple(f.name for f in out_fields), bool(stamps),
+        )
+        stmt = self._get_statements.get(key)
+        if stmt is None:
+            stmt = select(*self._select_columns(v, out_fields), *stamps).where(v.table.c.id == bindparam("fincrm_rid"), v.scope())
+            if len(self._get_statements) >= 4096:
+                self._get_statements.clear()
+            self._get_statements[key] = stmt
         with self.runtime.engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(stmt, {"fincrm_rid": rid}).first()
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
         self.runtime.confirm_stamps(row._mapping)

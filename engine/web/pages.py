@@ -506,6 +506,9 @@ def _ref_titles(principal: Any, spec: EntitySpec, fields: list[Any], items: list
     return titles
 
 
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
 def csp_nonce() -> str:
     """One nonce per request: Flask-AppBuilder's templates put it on their inline scripts."""
     if "csp_nonce" not in g:
@@ -569,12 +572,15 @@ def register_page_helpers(app: Flask) -> None:
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "same-origin")
+        if resp.mimetype == "application/json":
+            # data, never a document: nothing may run or load in it
+            resp.headers.setdefault("Content-Security-Policy", JSON_CSP)
+            resp.headers.setdefault("Cache-Control", "no-store")
+            return resp
         # no inline script runs without this request's nonce; nothing loads from other origins
         resp.headers.setdefault(
             "Content-Security-Policy",
             f"default-src 'self'; script-src 'self' 'nonce-{csp_nonce()}'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; font-src 'self' data:; object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'",
         )
-        if resp.mimetype == "application/json":
-            resp.headers.setdefault("Cache-Control", "no-store")
         return resp
