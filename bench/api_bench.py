@@ -111,13 +111,6 @@ def seed(app: Any, n: int, rm_ids: list[int]) -> float:
     keyring = rt.keyring
     snap = rt.snapshot()
     t = snap.tables["customer"]
-    from engine.services.records import seal_mask, stored_mask
-
-    id_field = snap.registry.entity("customer").field("id_number")
-
-    def id_mask(idn: str, rid: int, token: str) -> str | None:
-        rendering = stored_mask(id_field, idn)  # what the app writes beside the ciphertext
-        return None if rendering is None else seal_mask(keyring, aad_for(t.name, "id_number", rid), token, rendering)
     owners = rm_ids + [100_000 + i for i in range(OWNERS - len(rm_ids))]
     rng = random.Random(42)
     started = time.perf_counter()
@@ -138,7 +131,6 @@ def seed(app: Any, n: int, rm_ids: list[int]) -> float:
         from stdnum.cn import ric
 
         idn += ric.calc_check_digit(idn + "0")  # stdnum expects a placeholder check digit
-        token = keyring.encrypt(idn, aad_for(t.name, "id_number", rid))
         return {
             "id": rid,
             "version": 1,
@@ -152,13 +144,12 @@ def seed(app: Any, n: int, rm_ids: list[int]) -> float:
             "owner": owners[i % len(owners)],
             "branch": branch_ids[i % len(branch_ids)],
             "lifecycle_stage": stages[(i // OWNERS) % 4],
-            "id_number": token,
+            "id_number": keyring.encrypt(idn, aad_for(t.name, "id_number", rid)),
             "id_number__bi": keyring.blind_index("customer.id_number", idn),
-            "id_number__mask": id_mask(idn, rid, token),
         }
 
     if rt.dialect == "postgresql":
-        cols = ["id", "version", "created_at", "updated_at", "ext", "name", "gender", "mobile", "aum", "owner", "branch", "lifecycle_stage", "id_number", "id_number__bi", "id_number__mask"]
+        cols = ["id", "version", "created_at", "updated_at", "ext", "name", "gender", "mobile", "aum", "owner", "branch", "lifecycle_stage", "id_number", "id_number__bi"]
         raw = rt.engine.raw_connection()
         try:
             cur = raw.cursor()

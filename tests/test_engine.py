@@ -338,26 +338,3 @@ def test_free_text_keeps_chinese_punctuation_while_codes_fold_to_ascii() -> None
     complaint = "客户反映，排队（超过1小时）：要求整改！"
     assert FIELD_TYPES["text"].normalize(complaint, f("text")) == complaint
     assert FIELD_TYPES["string"].normalize("ＡＢ１２", f("string", pattern="[A-Z0-9]+")) == "AB12"
-
-
-def test_encrypted_values_keep_their_mask_beside_the_ciphertext(records: RecordService) -> None:
-    """List pages show masked ID numbers without decrypting: the masked rendering is stored with
-    its rule; a stale rule or a grant falls back to the ciphertext."""
-    from sqlalchemy import select, update
-
-    from engine.security.principal import Principal
-
-    system = Principal.system("test")
-    rid = records.create(system, "customer", {"name": "掩码", "id_number": "11010519491231002X"})["id"]
-    t = records.runtime.cached_snapshot().tables["customer"]
-    with records.runtime.engine.connect() as conn:
-        stored = conn.execute(select(t.c.id_number, t.c.id_number__mask).where(t.c.id == rid)).one()
-    assert stored.id_number__mask.endswith(":id:110***********002X") and "11010519491231002X" not in stored.id_number
-    rm = Principal(user_id=None, username="viewer", roles=frozenset({"relationship_manager"}))
-    assert records.get(rm, "customer", rid)["id_number"] == "110***********002X"
-    # a mask written under another rule is not trusted: the value is decrypted and masked anew
-    with records.runtime.begin() as conn:
-        conn.execute(update(t).where(t.c.id == rid).values(id_number__mask=stored.id_number__mask.replace(":id:", ":full:")))
-    assert records.get(rm, "customer", rid)["id_number"] == "110***********002X"
-    # the system principal sees the value in clear, from the ciphertext
-    assert records.get(system, "customer", rid)["id_number"] == "11010519491231002X"

@@ -70,12 +70,6 @@ class FieldSpec:
         return frozenset(o.value for o in self.options)
 
     @property
-    def mask_column(self) -> str:
-        """Column-stored encrypted fields keep their masked rendering (``<rule>:<masked>``)
-        beside the ciphertext, so list pages show masked values without decrypting."""
-        return f"{self.name}__mask"
-
-    @property
     def blind_index_column(self) -> str:
         return f"{self.name}__bi"
 

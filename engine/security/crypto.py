@@ -58,7 +58,6 @@ class Keyring:
         self.current_id = key_id(self.master)
         self._aead = {key_id(k): AESGCM(_derive(k, b"fincrm-data-v1")) for k in [self.master, *self.previous]}
         self._index_key = _derive(self.index_key or self.master, b"fincrm-blind-index-v1")
-        self._mask_key = _derive(self.index_key or self.master, b"fincrm-stored-mask-v1")
 
     def encrypt(self, plaintext: str, aad: bytes) -> str:
         nonce = os.urandom(12)
@@ -77,13 +76,6 @@ class Keyring:
 
     def key_id_of(self, token: str) -> str:
         return token.split(".", 2)[1]
-
-    def mask_tag(self, aad: bytes, token: str, rendering: str) -> str:
-        """Binds a stored masked rendering to its row and its ciphertext: a mask or ciphertext
-        moved to another row, or edited, no longer matches and the value is decrypted instead
-        (which then fails authentication loudly)."""
-        mac = hmac.new(self._mask_key, aad + b"\x00" + token.encode() + b"\x00" + rendering.encode(), hashlib.sha256)
-        return mac.hexdigest()[:16]
 
     def blind_index(self, scope: str, normalized: str) -> str:
         """HMAC-SHA256 over the normalised value, scoped to ``entity.field``."""

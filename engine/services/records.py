@@ -8,7 +8,6 @@ statement → rows → field policy (decrypt / mask / hide) → plain dicts.
 from __future__ import annotations
 
 import builtins
-import hmac
 import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -157,8 +156,6 @@ class RecordService:
         for f in fields:
             if f.storage == "column":
                 cols.append(t.c[f.name])
-                if f.encrypted and v.access[f.name].view == "masked" and f.mask_column in t.c:
-                    cols.append(t.c[f.mask_column])
             elif f.type == "multi_enum":
                 cols.append(t.c.ext[f.name].label(f.name))
             elif f.type in ("integer", "boolean", "ref", "user") and not f.encrypted:
@@ -177,8 +174,7 @@ class RecordService:
         hot path of the whole product.
         """
         dump_dt = FIELD_TYPES["datetime"].dump
-        keyring = self.runtime.keyring
-        decrypt = keyring.decrypt
+        decrypt = self.runtime.keyring.decrypt
         table = v.table.name
         plan = [
             (
@@ -187,7 +183,6 @@ class RecordService:
                 None if f.encrypted else FIELD_TYPES[f.type].dump if f.storage == "column" else _json_reader(f),
                 effective_mask(f) if v.access[f.name].view == "masked" else None,
                 v.access[f.name].view == "masked",
-                f.mask_column if f.encrypted and f.storage == "column" and v.access[f.name].view == "masked" and f.mask_column in v.table.c else None,
             )
             for f in fields
         ]
@@ -202,21 +197,15 @@ class RecordService:
                 "updated_at": dump_dt(row["updated_at"]),
             }
             granted = grants.get(rid) if grants else None
-            for name, encrypted, dump, rule, masked, stored in plan:
+            for name, encrypted, dump, rule, masked in plan:
                 raw = row[name]
-                shown_in_clear = masked and granted is not None and name in granted[0]
-                if stored is not None and raw is not None and not shown_in_clear:
-                    rendering = open_mask(keyring, aad_for(table, name, rid), raw, row.get(stored), rule)
-                    if rendering is not None:
-                        out[name] = rendering  # masked when written: no decryption needed
-                        continue
                 if raw is not None:
                     if encrypted:
                         raw = decrypt(raw, aad_for(table, name, rid))
                     elif dump is not None:
                         raw = dump(raw)
                 if masked:
-                    if shown_in_clear and granted is not None:
+                    if granted is not None and name in granted[0]:
                         v.unmasked.append({"record_id": rid, "field": name, "request": granted[1]})
                     else:
                         raw = mask_value(rule, raw)
@@ -576,11 +565,6 @@ class RecordService:
                 stored = self.runtime.keyring.encrypt(str(dumped), aad_for(v.table.name, f.name, rid))
             if f.storage == "column":
                 row[f.name] = stored
-                if f.encrypted:
-                    rendering = stored_mask(f, None if value is None else FIELD_TYPES[f.type].dump(value))
-                    row[f.mask_column] = None if rendering is None else seal_mask(
-                        self.runtime.keyring, aad_for(v.table.name, f.name, rid), stored, rendering
-                    )
                 if f.encrypted and f.searchable:
                     row[f.blind_index_column] = None if value is None else self.blind_index_for(v.spec)(f, value)
             else:
@@ -787,34 +771,6 @@ def _record_id(value: Any) -> int:
     if rid <= 0 or rid > 2**63 - 1:
         raise NotFound("record not found")
     return rid
-
-
-def stored_mask(f: FieldSpec, dumped: Any) -> str | None:
-    """``<rule>:<masked rendering>`` of an encrypted value, kept beside its ciphertext. It holds
-    exactly what every masked reader is shown anyway; the rule is kept with it, so a changed
-    rule falls back to decrypting instead of showing a stale mask."""
-    rule = effective_mask(f)
-    if dumped is None or rule is None:
-        return None
-    text = f"{rule}:{mask_value(rule, str(dumped))}"
-    return text if len(text) <= 62 else None  # too long to keep: readers decrypt instead
-
-
-def seal_mask(keyring: Any, aad: bytes, token: str, rendering: str) -> str:
-    """``<tag>:<rule>:<masked>``: the tag ties the rendering to this row's ciphertext."""
-    return f"{keyring.mask_tag(aad, token, rendering)}:{rendering}"
-
-
-def open_mask(keyring: Any, aad: bytes, token: str, sealed: Any, rule: str | None) -> str | None:
-    """The stored masked rendering if it was written under ``rule`` for exactly this row and
-    ciphertext; None means "decrypt instead"."""
-    if not isinstance(sealed, str) or rule is None:
-        return None
-    tag, _, rendering = sealed.partition(":")
-    prefix, _, masked = rendering.partition(":")
-    if prefix != rule or not masked or not hmac.compare_digest(tag, keyring.mask_tag(aad, token, rendering)):
-        return None
-    return masked
 
 
 def _json_reader(f: FieldSpec) -> Any:

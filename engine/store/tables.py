@@ -103,7 +103,7 @@ def index_name(table: str, cols: list[str]) -> str:
 def field_column(spec: EntitySpec, f: FieldSpec, *, with_fk: bool = True) -> list[Any]:
     """The columns (and constraints) one column-stored field needs."""
     if f.encrypted:
-        out: list[Any] = [Column(f.name, Text, nullable=True), Column(f.mask_column, String(80), nullable=True)]
+        out: list[Any] = [Column(f.name, Text, nullable=True)]
         if f.searchable:
             out.append(Column(f.blind_index_column, String(64), nullable=True, unique=f.unique, index=not f.unique))
         return out
