@@ -73,7 +73,7 @@ _FIXED = {
     "entity document is invalid": "实体定义有误",
     "layout is invalid": "布局设置有误",
     "metadata is invalid": "元数据有误",
-    "nothing to change: give field_order, list_columns or sections": "没有要保存的修改",
+    "nothing to change: give field_order, list_columns, sections or tag_sets": "没有要保存的修改",
     "storage can only change from json to column, on its own (promote)": "存储方式只能由 JSON 单独转为独立列（转列操作）",
     "your role may not configure any entity": "您的角色无权配置任何业务对象",
     "access request was decided by someone else": "该申请已由他人处理",
@@ -107,6 +107,8 @@ _PATTERNS = [
     (r"'(\w+)' is a reserved name", r"\1是保留名称"),
     (r"duplicate field '(\w+)'", r"字段\1重复"),
     (r"duplicate section '(\w+)'", r"分组\1重复"),
+    (r"duplicate tag set '(\w+)'", r"标签集\1重复"),
+    (r"duplicate tag '(.+)'", r"标签\1重复"),
     (r"column '(\w+)' is listed twice", r"列\1重复"),
     (r"field '(\w+)' is already in section '(\w+)'", r"字段\1已在分组\2中"),
     (r"unknown entity '(\w+)'", r"未知业务对象\1"),
@@ -115,6 +117,7 @@ _PATTERNS = [
     (r"unknown field '(\w+)'.*", r"未知字段\1"),
 ]
 _COMPILED = [(re.compile(p + r"\Z"), r) for p, r in _PATTERNS]
+_KEYED = re.compile(r"(?P<key>[a-z_][a-z0-9_]*): (?P<rest>.+)\Z", re.S)
 
 
 _REFUSED = re.compile(r"(change to (?P<what>[\w.]+)|field '(?P<field>\w+)' cannot be archived): (?P<reasons>.+)\Z")
@@ -134,4 +137,7 @@ def translate(message: str, lang: str) -> str:
     for pattern, repl in _COMPILED:
         if pattern.match(message):
             return pattern.sub(repl, message)
+    keyed = _KEYED.match(message)  # "<field>: <message>", as forms list errors of no input
+    if keyed and translate(keyed["rest"], lang) != keyed["rest"]:
+        return f"{keyed['key']}：{translate(keyed['rest'], lang)}"
     return message

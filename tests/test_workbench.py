@@ -192,7 +192,7 @@ def test_an_unsafe_edit_is_refused_with_its_reason_and_nothing_changes(app: Any,
     assert admin.post(CUSTOMERS, json={"name": "金卡客户", "vip_level": "gold"}, headers=login("admin")).status_code == 201
     edit = f"{WB}fields/vip_level/edit"
     before = len(_history(app))
-    for change, reason in (({"required": "1"}, "1 records have no value"), ({"options": "silver|银卡|Silver"}, "1 records use the options being removed")):
+    for change, reason in (({"required": "1"}, "有1条记录没有值"), ({"options": "silver|银卡|Silver"}, "有1条记录使用了要删除的选项")):
         resp = _post(admin, edit, {**VIP, **change}, page=edit)
         assert resp.status_code == 409, _text(resp)[:500]
         page = _text(resp)
@@ -439,3 +439,27 @@ def test_sections_are_checked_when_the_registry_is_built() -> None:
         with pytest.raises(MetadataInvalid) as info:
             build_registry(docs, [_customer_overlay(sections=bad)])
         assert pointer in [e["pointer"] for e in info.value.details], info.value.details
+
+
+def test_tag_sets_are_managed_in_the_workbench_and_offered_when_tagging(app: Any, admin: Any) -> None:
+    """Tag sets: edited as text in the workbench (validated, versioned, audited, revertible
+    like every layout change) and offered as choices on the record's tag input."""
+    assert [t.name for t in _entity(app).tag_sets] == ["value", "service"]  # shipped with the core metadata
+    page = _text(admin.get("/workbench/e/customer/"))
+    assert 'id="tag-sets-form"' in page and "高净值=High net worth" in page
+    resp = _post(admin, "/workbench/e/customer/layout/tag-sets", {"tag_sets": "life|人生阶段|Life stage|新婚=Newly married,退休=Retired\nvalue|客户价值|Customer value|高净值"})
+    assert resp.status_code in (302, 303)
+    sets = {t.name: [o.value for o in t.tags] for t in _entity(app).tag_sets}
+    assert sets == {"life": ["新婚", "退休"], "value": ["高净值"]}
+    assert [o.label.en for o in _entity(app).tag_sets[0].tags] == ["Newly married", "Retired"]
+    assert _history(app)[0]["comment"] == "change tag sets"
+    # a duplicate set name is refused whole, nothing changes
+    bad = _post(admin, "/workbench/e/customer/layout/tag-sets", {"tag_sets": "x|甲|A|a\nx|乙|B|b"})
+    assert bad.status_code in (302, 303)
+    assert {t.name for t in _entity(app).tag_sets} == {"life", "value"}
+    shown = _text(admin.get(bad.headers["Location"]))
+    assert "未保存" in shown and "标签集x重复" in shown, re.findall(r"(?s)alert-(?:danger|success)[^>]*>(.{0,300})", shown)
+    # the detail page offers the set's tags on its tag input
+    cid = admin.post("/api/v1/records/customer", json={"name": "打标签"}, headers={"X-CSRFToken": csrf_token(page)}).json["id"]
+    detail = _text(admin.get(f"/e/customer/{cid}"))
+    assert 'list="tag-choices"' in detail and 'value="新婚"' in detail and 'value="退休"' in detail

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 from ..errors import FieldError, MetadataInvalid, NotFound
 from ..fieldtypes import FIELD_TYPES
 from .schema import METADATA_DIR, pointer, schema_errors
-from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec, SectionSpec
+from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec, SectionSpec, TagSetSpec
 
 __all__ = ["Registry", "build_registry", "load_core_documents", "merge_entity", "freeze_field", "RESERVED_NAMES"]
 
@@ -176,6 +176,15 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
     for key in ("search_fields", "list_columns"):  # archived fields simply drop out of these
         for i, s in enumerate(doc.get(key, [])):
             known(s, pointer((key, i)), archived_ok=True)
+    set_names: set[str] = set()
+    for i, ts in enumerate(doc.get("tag_sets", [])):
+        if ts["name"] in set_names:
+            errors.append({"pointer": pointer(("tag_sets", i, "name")), "message": f"duplicate tag set {ts['name']!r}"})
+        set_names.add(ts["name"])
+        values = [t["value"] for t in ts["tags"]]
+        for j, v in enumerate(values):
+            if v in values[:j]:
+                errors.append({"pointer": pointer(("tag_sets", i, "tags", j, "value")), "message": f"duplicate tag {v!r}"})
     in_section: dict[str, str] = {}
     section_names: set[str] = set()
     for i, sec in enumerate(doc.get("sections", [])):
@@ -209,6 +218,10 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
                 sec["name"], Label.of(sec["label"], sec["name"]), tuple(c for c in sec["fields"] if c in by_name and not by_name[c].archived)
             )
             for sec in doc.get("sections", ())
+        ),
+        tag_sets=tuple(
+            TagSetSpec(ts["name"], Label.of(ts["label"], ts["name"]), tuple(Option(t["value"], Label.of(t["label"], t["value"])) for t in ts["tags"]))
+            for ts in doc.get("tag_sets", ())
         ),
         indexes=tuple(tuple(i) for i in doc.get("indexes", ())),
         icon=doc.get("icon"),

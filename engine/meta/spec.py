@@ -89,6 +89,15 @@ class RelationSpec:
 
 
 @dataclass(frozen=True)
+class TagSetSpec:
+    """Suggested tags for an entity's records, under a title (e.g. 客户价值)."""
+
+    name: str
+    label: Label
+    tags: tuple[Option, ...]
+
+
+@dataclass(frozen=True)
 class SectionSpec:
     """A titled group of fields on forms; ``fields`` are live fields only, in display order."""
 
@@ -109,6 +118,7 @@ class EntitySpec:
     search_fields: tuple[str, ...] = ()
     list_columns: tuple[str, ...] = ()
     sections: tuple[SectionSpec, ...] = ()
+    tag_sets: tuple[TagSetSpec, ...] = ()
     indexes: tuple[tuple[str, ...], ...] = ()
     icon: str | None = None
     retention_years: int | None = None

@@ -172,9 +172,11 @@ class MetaService:
         field_order: Sequence[str] | None = None,
         list_columns: Sequence[str] | None = None,
         sections: Sequence[Mapping[str, Any]] | None = None,
+        tag_sets: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """Field order, list columns and form sections of an entity, as a new overlay version.
-        ``list_columns=[]`` / ``sections=[]`` go back to the defaults; ``None`` leaves a part as it is."""
+        """Field order, list columns, form sections and tag sets of an entity, as a new overlay
+        version. ``list_columns=[]`` / ``sections=[]`` / ``tag_sets=[]`` go back to the
+        defaults; ``None`` leaves a part as it is."""
         self.authz.require(principal, entity, "configure")
         self.runtime.cached_snapshot().registry.entity(entity)  # 404 for an unknown entity
         overlay = self._overlay(entity)
@@ -188,8 +190,11 @@ class MetaService:
         if sections is not None:
             overlay["sections"] = [dict(sec) for sec in sections]
             parts.append("form sections")
+        if tag_sets is not None:
+            overlay["tag_sets"] = [dict(ts) for ts in tag_sets]
+            parts.append("tag sets")
         if not parts:
-            raise BadRequest("nothing to change: give field_order, list_columns or sections")
+            raise BadRequest("nothing to change: give field_order, list_columns, sections or tag_sets")
         errors = schema_errors("entity_overlay", overlay)
         seen: set[str] = set()
         for i, c in enumerate(overlay.get("list_columns", [])):

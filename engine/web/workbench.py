@@ -296,7 +296,7 @@ class WorkbenchView(BaseView):
             "fincrm/workbench/entity.html", spec=spec, tags=svc.meta.tags_in_use(principal, entity),
             types=sorted(FIELD_TYPES), all_entities=sorted(svc.runtime.cached_snapshot().registry.entities),
             sensitivities=SENSITIVITIES, masks=MASKS, uses={k: sorted(v) for k, v in USES.items()},
-            sections_text=_sections_text(spec), csrf_token=generate_csrf(), lang=lang(), roles_ok=_may_edit_roles(principal), **context,
+            sections_text=_sections_text(spec), tag_sets_text=_tag_sets_text(spec), csrf_token=generate_csrf(), lang=lang(), roles_ok=_may_edit_roles(principal), **context,
         )
         return page, status
 
@@ -406,6 +406,13 @@ class WorkbenchView(BaseView):
             return services().meta.set_layout(p, entity, sections=_parse_sections(str(request.form.get("sections") or "")))
 
         return self._change(entity, save, _t("表单分组已保存", "Form sections saved"), anchor="sections")
+
+    @expose("/e/<entity>/layout/tag-sets", methods=["POST"])
+    def tag_sets(self, entity: str) -> Any:
+        def save(p: Any) -> Any:
+            return services().meta.set_layout(p, entity, tag_sets=_parse_tag_sets(str(request.form.get("tag_sets") or "")))
+
+        return self._change(entity, save, _t("标签集已保存", "Tag sets saved"), anchor="tags")
 
     def _change(self, entity: str, call: Any, done: str, anchor: str = "fields") -> Any:
         principal = self._principal()
@@ -531,6 +538,31 @@ def _parse_sections(raw: str) -> list[dict[str, Any]]:
         parts += [""] * (4 - len(parts))
         name, zh, en, fields = parts[0], parts[1] or parts[0], parts[2] or parts[1] or parts[0], parts[3]
         out.append({"name": name, "label": {"zh": zh, "en": en}, "fields": [f.strip() for f in re.split(r"[,，\s]+", fields) if f.strip()]})
+    return out
+
+
+def _tag_sets_text(spec: EntitySpec) -> str:
+    def tag(o: Any) -> str:
+        return o.value if o.label.en in ("", o.value) else f"{o.value}={o.label.en}"
+
+    return "\n".join(f"{t.name}|{t.label.zh}|{t.label.en}|{','.join(tag(o) for o in t.tags)}" for t in spec.tag_sets)
+
+
+def _parse_tag_sets(raw: str) -> list[dict[str, Any]]:
+    """``name|中文|English|高净值=High net worth,潜力客户=Potential`` per line (English optional)."""
+    out = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        parts += [""] * (4 - len(parts))
+        name, zh, en = parts[0], parts[1] or parts[0], parts[2] or parts[1] or parts[0]
+        tags = []
+        for item in re.split(r"[,，]+", parts[3]):
+            value, _, english = (x.strip() for x in item.partition("="))
+            if value:
+                tags.append({"value": value, "label": {"zh": value, "en": english or value}})
+        out.append({"name": name, "label": {"zh": zh, "en": en}, "tags": tags})
     return out
 
 
