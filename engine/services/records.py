@@ -8,6 +8,7 @@ statement → rows → field policy (decrypt / mask / hide) → plain dicts.
 from __future__ import annotations
 
 import builtins
+import json
 import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -116,9 +117,10 @@ class RecordService:
     def __init__(self, runtime: Runtime, authz: Authorizer) -> None:
         self.runtime = runtime
         self.authz = authz
-        # get-by-id statements, built once per (metadata, policy, principal, fields): the id is
-        # a bound parameter, so the hot path skips building and cache-keying a new SELECT
-        self._get_statements: dict[Any, Any] = {}
+        # Statements reused per (metadata, policy, principal, query): a get binds its id, a first
+        # list page with the same filter/search/sort is the same statement. The hot path then
+        # skips compiling the filter and scope and building a new SELECT.
+        self._statements: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------ helpers
 
@@ -351,7 +353,10 @@ class RecordService:
         if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", [{"field": "limit", "message": "out of range"}])
         keys = parse_sort(v.spec, sort, v.clear)
-        where = and_(v.scope(), self.where(v, filter, q))
+        cached = None
+        if not (cursor or with_count or consent):
+            cached = self._statements.get(self._list_key(v, principal, filter, q, sort, fields, limit, bool(self.runtime.stamp_columns())))
+        where = and_(v.scope(), self.where(v, filter, q)) if cached is None else true()
         if consent is not None:
             if not isinstance(consent, str):
                 raise BadRequest("consent must be a purpose name", [{"field": "consent", "message": "must be a string"}])
@@ -361,10 +366,16 @@ class RecordService:
         out_fields = self._columns_for(v, fields)
         sort_fields = [k.field for k in keys if k.field.name not in ("id", "created_at", "updated_at")]
         select_fields = out_fields + [f for f in sort_fields if f not in out_fields]
-        stmt = select(*self._select_columns(v, select_fields), *self.runtime.stamp_columns()).where(where)
-        if cursor:
-            stmt = stmt.where(keyset_clause(v.table, keys, decode_cursor(self.runtime.secret, keys, cursor)))
-        stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
+        stamps = self.runtime.stamp_columns()
+        ckey = self._list_key(v, principal, filter, q, sort, fields, limit, bool(stamps)) if not (cursor or with_count or consent) else None
+        stmt = self._statements.get(ckey) if ckey is not None else None
+        if stmt is None:
+            stmt = select(*self._select_columns(v, select_fields), *stamps).where(where)
+            if cursor:
+                stmt = stmt.where(keyset_clause(v.table, keys, decode_cursor(self.runtime.secret, keys, cursor)))
+            stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
+            if ckey is not None:
+                self._remember(ckey, stmt)
         with self.runtime.engine.connect() as conn:
             rows = conn.execute(stmt).mappings().all()
             count = capped = None
@@ -384,6 +395,22 @@ class RecordService:
         items = self.serialize_many(v, rows, out_fields)
         self._audit_unmasked(v)
         return Page(items, next_cursor, count, bool(capped))
+
+    def _remember(self, key: Any, stmt: Any) -> None:
+        if len(self._statements) >= 4096:
+            self._statements.clear()
+        self._statements[key] = stmt
+
+    def _list_key(self, v: _View, principal: Principal, filter: Any, q: Any, sort: Any, fields: Any, limit: int, stamps: bool) -> Any:
+        """Cache key of a first list page, or None when its SQL would embed the clock (relative
+        date filters) or the filter is not plain JSON."""
+        try:
+            query = json.dumps([filter, q, sort, list(fields) if fields is not None else None], sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError):
+            return None
+        if "within_" in query:
+            return None
+        return ("list", v.snap.version, getattr(self.authz, "version", None), v.spec.name, replace(principal, ip=None, grants=()), query, limit, stamps)
 
     def _sort_value(self, v: _View, f: FieldSpec, row: Mapping[Any, Any]) -> Any:
         raw = row[f.name]
@@ -424,15 +451,13 @@ class RecordService:
         out_fields = self._columns_for(v, fields)
         stamps = self.runtime.stamp_columns()
         key = (
-            v.snap.version, getattr(self.authz, "version", None), entity, replace(principal, ip=None, grants=()),
+            "get", v.snap.version, getattr(self.authz, "version", None), entity, replace(principal, ip=None, grants=()),
             tuple(f.name for f in out_fields), bool(stamps),
         )
-        stmt = self._get_statements.get(key)
+        stmt = self._statements.get(key)
         if stmt is None:
             stmt = select(*self._select_columns(v, out_fields), *stamps).where(v.table.c.id == bindparam("fincrm_rid"), v.scope())
-            if len(self._get_statements) >= 4096:
-                self._get_statements.clear()
-            self._get_statements[key] = stmt
+            self._remember(key, stmt)
         with self.runtime.engine.connect() as conn:
             row = conn.execute(stmt, {"fincrm_rid": rid}).first()
         if row is None:
