@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from flask import abort, flash, redirect, request, url_for
 from flask_appbuilder import BaseView, expose
@@ -528,17 +528,23 @@ def _sections_text(spec: EntitySpec) -> str:
     return "\n".join(f"{s.name}|{s.label.zh}|{s.label.en}|{','.join(s.fields)}" for s in spec.sections)
 
 
-def _parse_sections(raw: str) -> list[dict[str, Any]]:
-    """``name|中文|English|field1,field2`` per line."""
-    out = []
+def _layout_lines(raw: str) -> Iterator[tuple[str, dict[str, str], str]]:
+    """``name|中文|English|rest`` per non-empty line → (name, label, rest); labels default
+    to the Chinese one, then to the name."""
     for line in raw.splitlines():
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split("|")]
         parts += [""] * (4 - len(parts))
-        name, zh, en, fields = parts[0], parts[1] or parts[0], parts[2] or parts[1] or parts[0], parts[3]
-        out.append({"name": name, "label": {"zh": zh, "en": en}, "fields": [f.strip() for f in re.split(r"[,，\s]+", fields) if f.strip()]})
-    return out
+        yield parts[0], {"zh": parts[1] or parts[0], "en": parts[2] or parts[1] or parts[0]}, parts[3]
+
+
+def _parse_sections(raw: str) -> list[dict[str, Any]]:
+    """``name|中文|English|field1,field2`` per line."""
+    return [
+        {"name": name, "label": label, "fields": [f.strip() for f in re.split(r"[,，\s]+", rest) if f.strip()]}
+        for name, label, rest in _layout_lines(raw)
+    ]
 
 
 def _tag_sets_text(spec: EntitySpec) -> str:
@@ -551,18 +557,13 @@ def _tag_sets_text(spec: EntitySpec) -> str:
 def _parse_tag_sets(raw: str) -> list[dict[str, Any]]:
     """``name|中文|English|高净值=High net worth,潜力客户=Potential`` per line (English optional)."""
     out = []
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        parts = [p.strip() for p in line.split("|")]
-        parts += [""] * (4 - len(parts))
-        name, zh, en = parts[0], parts[1] or parts[0], parts[2] or parts[1] or parts[0]
+    for name, label, rest in _layout_lines(raw):
         tags = []
-        for item in re.split(r"[,，]+", parts[3]):
+        for item in re.split(r"[,，]+", rest):
             value, _, english = (x.strip() for x in item.partition("="))
             if value:
                 tags.append({"value": value, "label": {"zh": value, "en": english or value}})
-        out.append({"name": name, "label": {"zh": zh, "en": en}, "tags": tags})
+        out.append({"name": name, "label": label, "tags": tags})
     return out
 
 
