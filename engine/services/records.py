@@ -353,10 +353,11 @@ class RecordService:
         if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
             raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}", [{"field": "limit", "message": "out of range"}])
         keys = parse_sort(v.spec, sort, v.clear)
-        cached = None
-        if not (cursor or with_count or consent):
-            cached = self._statements.get(self._list_key(v, principal, filter, q, sort, fields, limit, bool(self.runtime.stamp_columns())))
-        where = and_(v.scope(), self.where(v, filter, q)) if cached is None else true()
+        stamps = self.runtime.stamp_columns()
+        ckey = self._list_key(v, principal, filter, q, sort, fields, limit, bool(stamps)) if not (cursor or with_count or consent) else None
+        stmt = self._statements.get(ckey) if ckey is not None else None
+        # a reused statement already holds the compiled filter and scope
+        where = and_(v.scope(), self.where(v, filter, q)) if stmt is None else true()
         if consent is not None:
             if not isinstance(consent, str):
                 raise BadRequest("consent must be a purpose name", [{"field": "consent", "message": "must be a string"}])
@@ -366,9 +367,6 @@ class RecordService:
         out_fields = self._columns_for(v, fields)
         sort_fields = [k.field for k in keys if k.field.name not in ("id", "created_at", "updated_at")]
         select_fields = out_fields + [f for f in sort_fields if f not in out_fields]
-        stamps = self.runtime.stamp_columns()
-        ckey = self._list_key(v, principal, filter, q, sort, fields, limit, bool(stamps)) if not (cursor or with_count or consent) else None
-        stmt = self._statements.get(ckey) if ckey is not None else None
         if stmt is None:
             stmt = select(*self._select_columns(v, select_fields), *stamps).where(where)
             if cursor:
