@@ -45,7 +45,7 @@ INT64 = 2**63 - 1
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "between", "is_null"})
 TEXT_OPS = frozenset({"eq", "ne", "in", "nin", "contains", "startswith", "is_null"})
 EQ_OPS = frozenset({"eq", "ne", "in", "nin", "is_null"})
-DATE_OPS = COMPARE_OPS | {"within_next_days", "within_last_days"}
+DATE_OPS = COMPARE_OPS | {"within_next_days", "within_last_days", "older_than_days"}
 
 
 def normalize_text(value: Any, *, multiline: bool = False, compat: bool = True) -> str:

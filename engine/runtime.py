@@ -19,6 +19,9 @@ from typing import Any, Mapping
 
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, func, insert, select, update
 
+from .flows import tables as _flow_tables  # noqa: F401  (system tables of the automation layer)
+from .flows.conditions import condition_checker
+from .flows.spec import AUTOMATION_KINDS, Automation, build_automation, load_automation_documents
 from .meta.registry import Registry, build_registry, load_core_documents
 from .security.audit import ensure_head as ensure_audit_head
 from .security.crypto import Keyring
@@ -112,6 +115,7 @@ class Snapshot:
     registry: Registry
     metadata: MetaData
     tables: Mapping[str, Table]
+    automation: Automation = field(default_factory=Automation)
 
     @property
     def version(self) -> int:
@@ -124,6 +128,7 @@ class Runtime:
     keyring: Keyring
     secret: bytes
     core_documents: list[dict[str, Any]] = field(default_factory=load_core_documents)
+    core_automation: list[dict[str, Any]] = field(default_factory=load_automation_documents)
     engine: Engine = field(init=False)
     ids: IdAllocator = field(init=False)
 
@@ -164,8 +169,8 @@ class Runtime:
             self._snapshot = snap
         return [s.to_dict() for s in steps]
 
-    def runtime_documents(self, conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Newest version of each runtime document: (entity docs, entity overlays)."""
+    def runtime_documents(self, conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Newest version of each runtime document: (entity docs, entity overlays, flows and triggers)."""
         d = meta_doc_table
         newest = (
             select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name).subquery()
@@ -177,18 +182,21 @@ class Runtime:
         ).all()
         entities = [dict(r.doc) for r in rows if r.kind == "entity"]
         overlays = [dict(r.doc) for r in rows if r.kind == "entity_overlay"]
-        return entities, overlays
+        automation = [dict(r.doc) for r in rows if r.kind in AUTOMATION_KINDS]
+        return entities, overlays, automation
 
     def build(self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None) -> Snapshot:
         """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored."""
-        entities, overlays = self.runtime_documents(conn)
+        entities, overlays, automation = self.runtime_documents(conn)
         for doc in extra or []:
-            stored = entities if doc["kind"] == "entity" else overlays
-            stored[:] = [d for d in stored if d["name"] != doc["name"]] + [doc]
+            stored = entities if doc["kind"] == "entity" else automation if doc["kind"] in AUTOMATION_KINDS else overlays
+            stored[:] = [d for d in stored if (d["kind"], d["name"]) != (doc["kind"], doc["name"])] + [doc]
         docs = self.core_documents + entities
         registry = build_registry(docs, overlays, version)
         md, tables = build_entity_tables(registry, self.dialect)
-        return Snapshot(registry, md, tables)
+        partial = Snapshot(registry, md, tables)
+        flows_and_triggers = build_automation(registry, self.core_automation + automation, condition_checker(partial, self.dialect))
+        return Snapshot(registry, md, tables, flows_and_triggers)
 
     def _load(self) -> Snapshot:
         with self.engine.connect() as conn:

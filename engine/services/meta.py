@@ -361,7 +361,7 @@ class MetaService:
     def _declared_field(self, entity: str, name: str) -> dict[str, Any]:
         """Field ``name`` as the entity's own documents (core, package, runtime entity) declare it."""
         with self.runtime.engine.connect() as conn:
-            entities, _ = self.runtime.runtime_documents(conn)
+            entities, _, _ = self.runtime.runtime_documents(conn)
         out: dict[str, Any] = {}
         for doc in [*self.runtime.core_documents, *entities]:
             if doc.get("name") == entity and doc.get("kind") == "entity":
@@ -384,7 +384,7 @@ class MetaService:
 
     def _overlay(self, entity: str) -> dict[str, Any]:
         with self.runtime.engine.connect() as conn:
-            _, overlays = self.runtime.runtime_documents(conn)
+            _, overlays, _ = self.runtime.runtime_documents(conn)
         for ov in overlays:
             if ov["name"] == entity:
                 return copy.deepcopy(ov)

@@ -12,7 +12,7 @@ import json
 import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
@@ -121,6 +121,10 @@ class RecordService:
         # list page with the same filter/search/sort is the same statement. The hot path then
         # skips compiling the filter and scope and building a new SELECT.
         self._statements: dict[Any, Any] = {}
+        # Called inside every create/update transaction with (conn, snapshot, entity, ids, event,
+        # principal): on-change triggers and flows hook in here, so their effects commit (or roll
+        # back) with the change itself.
+        self.after_write: builtins.list[Callable[[Connection, Snapshot, str, builtins.list[int], str, Principal], None]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -616,6 +620,7 @@ class RecordService:
             self._ensure_in_scope(conn, v, rid, "create")
             self.audit(conn, principal, "create", entity, rid, {"changes": self._changes(v, {}, values)})
             self._org_changed(conn, entity)
+            self._after_write(conn, v, [rid], "create")
         return self.get(principal, entity, rid)
 
     def update(self, principal: Principal, entity: str, record_id: Any, payload: Any, expected_version: Any) -> dict[str, Any]:
@@ -648,6 +653,7 @@ class RecordService:
             changes = self._changes(v, before, values)
             self.audit(conn, principal, "update", entity, rid, {"version": version + 1, "changes": changes})
             self._org_changed(conn, entity)
+            self._after_write(conn, v, [rid], "update")
         return self.get(principal, entity, rid)
 
     def delete(self, principal: Principal, entity: str, record_id: Any, expected_version: Any = None) -> None:
@@ -684,6 +690,10 @@ class RecordService:
         """The branch tree feeds every cached principal's branch scope: reload them."""
         if entity == "branch":
             self.runtime.bump(conn, POLICY_VERSION)
+
+    def _after_write(self, conn: Connection, v: _View, ids: builtins.list[int], event: str) -> None:
+        for hook in self.after_write:
+            hook(conn, v.snap, v.spec.name, ids, event, v.principal)
 
     def _ensure_in_scope(self, conn: Connection, v: _View, rid: int, action: str) -> None:
         """A write must not move a record out of the writer's own scope (owner/branch hijack)."""
@@ -749,8 +759,13 @@ class RecordService:
 
     # ------------------------------------------------------------------ bulk
 
-    def bulk_insert(self, principal: Principal, entity: str, payloads: builtins.list[dict[str, Any]], conn: Connection | None = None) -> builtins.list[int]:
-        """Validate every payload, then insert them all in one executemany (all or nothing)."""
+    def bulk_insert(
+        self, principal: Principal, entity: str, payloads: builtins.list[dict[str, Any]], conn: Connection | None = None, *, in_transaction_ids: bool = False
+    ) -> builtins.list[int]:
+        """Validate every payload, then insert them all in one executemany (all or nothing).
+
+        ``in_transaction_ids``: take the ids through ``conn`` (a caller already inside a write
+        transaction: jobs and triggers), not in a transaction of their own."""
         v = self.view(principal, entity)
         self.authz.require(principal, entity, "create")
         errors = []
@@ -762,7 +777,11 @@ class RecordService:
                 errors += [{"field": f"[{i}].{d['field']}", "message": d["message"]} for d in exc.details]
         if errors:
             raise ValidationFailed(f"{len(errors)} invalid values in {entity} rows", errors[:200])
-        ids = self.runtime.ids.take(entity, len(checked))
+        if in_transaction_ids:
+            assert conn is not None
+            ids = self.runtime.ids.take_in(conn, entity, len(checked))
+        else:
+            ids = self.runtime.ids.take(entity, len(checked))
         now = utcnow()
         rows = []
         columns: set[str] = set()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .tables import id_alloc_table
@@ -37,6 +37,20 @@ class IdAllocator:
                 out.extend(range(nxt, nxt + k))
                 self._ranges[name] = (nxt + k, end)
         return out
+
+    def take_in(self, conn: Connection, name: str, n: int) -> list[int]:
+        """``n`` ids reserved through the caller's open write transaction (jobs and triggers that
+        insert inside one): they are not cached, as a rollback gives them back."""
+        if n <= 0:
+            return []
+        t = id_alloc_table
+        row = conn.execute(update(t).where(t.c.name == name).values(next_id=t.c.next_id + n).returning(t.c.next_id)).first()
+        if row is None:
+            conn.execute(insert(t).values(name=name, next_id=1 + n))
+            end = 1 + n
+        else:
+            end = int(row[0])
+        return list(range(end - n, end))
 
     def _reserve(self, name: str, count: int) -> int:
         """Advance the shared counter by ``count``; returns the new (exclusive) end."""

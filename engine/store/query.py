@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 from sqlalchemy import Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
@@ -87,6 +88,10 @@ class FilterContext:
     blind_index: Callable[[FieldSpec, Any], str]
     readable: Callable[[FieldSpec], bool] = lambda f: True  # field-level read permission
     today: Callable[[], dt.date] = lambda: dt.datetime.now(LOCAL_TZ).date()
+    # naive UTC "now" for datetime windows; jobs inject their clock through it and ``today``
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    # aggregate conditions over related records ({"agg": …}): only triggers and reports set it
+    aggregate: Callable[[Any], ColumnElement[Any]] | None = None
 
 
 def _field(ctx: FilterContext, name: Any, where: str) -> FieldSpec:
@@ -134,6 +139,8 @@ def _compile(ctx: FilterContext, node: Any, depth: int, counter: list[int]) -> C
         raise InvalidFilter("a filter must be a JSON object")
     if not node:
         return true()
+    if "agg" in node:
+        return _aggregate_condition(ctx, node)
     if set(node) & {"and", "or", "not"}:
         if len(node) != 1:
             raise InvalidFilter("'and', 'or' and 'not' must stand alone in their object")
@@ -202,9 +209,11 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
             raise FieldError("between takes [low, high]")
         lo, hi = (_bindable(f, _value(f, v)) for v in value)
         return expr.between(lo, hi)
-    if op in ("within_next_days", "within_last_days"):
+    if op in ("within_next_days", "within_last_days", "older_than_days"):
         days = FIELD_TYPES["integer"].normalize(value, FieldSpec("days", "integer", Label("", ""), min=0, max=36500))
-        start, end = _window(ctx, f, op, days)
+        start, end = _window(ctx, f, "within_last_days" if op == "older_than_days" else op, days)
+        if op == "older_than_days":
+            return expr < _bindable(f, start)  # strictly before the start of the last-N-days window
         return expr.between(_bindable(f, start), _bindable(f, end))
     v = _bindable(f, _value(f, value))
     compare: dict[str, Callable[[], ColumnElement[bool]]] = {
@@ -216,6 +225,55 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
         "gte": lambda: expr >= v,
     }
     return compare[op]()
+
+
+AGG_OPS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte"})
+
+
+def _aggregate_condition(ctx: FilterContext, node: dict[str, Any]) -> ColumnElement[bool]:
+    """``{"agg": {...}, "op": "gt", "value": "500000" | {"agg": {...}, "times": "0.25"}}``:
+    an aggregate over related records compared with a number or with another aggregate."""
+    if ctx.aggregate is None:
+        raise InvalidFilter("aggregate conditions are only available in triggers and reports", [{"field": "agg", "message": "not allowed here"}])
+    unknown = set(node) - {"agg", "op", "value"}
+    if unknown:
+        raise InvalidFilter(f"unknown key {sorted(unknown)[0]!r} in aggregate condition")
+    op = node.get("op", "eq")
+    if op not in AGG_OPS:
+        raise InvalidFilter(f"operator {op!r} is not allowed on an aggregate", [{"field": "agg", "message": f"allowed: {sorted(AGG_OPS)}"}])
+    left = ctx.aggregate(node["agg"])
+    value = node.get("value")
+    right: Any
+    if isinstance(value, dict) and "agg" in value:
+        extra = set(value) - {"agg", "times"}
+        if extra:
+            raise InvalidFilter(f"unknown key {sorted(extra)[0]!r} in aggregate value")
+        right = ctx.aggregate(value["agg"])
+        if "times" in value:
+            right = right * literal(_number(value["times"], "times"), right.type)
+    else:
+        right = literal(_number(value, "value"), left.type)
+    compare: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: left == right,
+        "ne": lambda: left != right,
+        "lt": lambda: left < right,
+        "lte": lambda: left <= right,
+        "gt": lambda: left > right,
+        "gte": lambda: left >= right,
+    }
+    return compare[op]()
+
+
+def _number(value: Any, name: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, str, Decimal, float)):
+        raise InvalidFilter(f"aggregate {name} must be a number", [{"field": "agg", "message": f"{name} must be a number"}])
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidFilter(f"aggregate {name} must be a number", [{"field": "agg", "message": f"{name} must be a number"}]) from None
+    if not number.is_finite() or abs(number) >= Decimal(10) ** 18:
+        raise InvalidFilter(f"aggregate {name} is out of range", [{"field": "agg", "message": f"{name} is out of range"}])
+    return number
 
 
 def _list(value: Any) -> list[Any]:
@@ -231,7 +289,7 @@ def _window(ctx: FilterContext, f: FieldSpec, op: str, days: int) -> tuple[Any, 
     if f.type == "date":
         delta = dt.timedelta(days=days)
         return (today, today + delta) if op == "within_next_days" else (today - delta, today)
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
+    now = ctx.now()
     delta = dt.timedelta(days=days)
     return (now, now + delta) if op == "within_next_days" else (now - delta, now)
 

@@ -41,6 +41,7 @@ OPS_LABELS = {
     "has": ("含标签/选项", "has"),
     "within_next_days": ("未来N天内", "within next N days"),
     "within_last_days": ("过去N天内", "within last N days"),
+    "older_than_days": ("早于N天前", "more than N days ago"),
 }
 
 
