@@ -24,7 +24,13 @@ def local_today(now: dt.datetime) -> dt.date:
 def _context_factory(snap: Any, dialect: str, blind_index: Callable[[EntitySpec], Any], now: dt.datetime) -> Callable[[EntitySpec, Table], FilterContext]:
     def make(spec: EntitySpec, table: Table) -> FilterContext:
         return FilterContext(
-            spec=spec, table=table, dialect=dialect, blind_index=blind_index(spec), today=lambda: local_today(now), now=lambda: now
+            spec=spec,
+            table=table,
+            dialect=dialect,
+            blind_index=blind_index(spec),
+            today=lambda: local_today(now),
+            now=lambda: now,
+            related=lambda name: make(snap.registry.entity(name), snap.tables[name]),
         )
 
     return make

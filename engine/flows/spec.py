@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import FieldError, FinCRMError, MetadataInvalid
 from ..fieldtypes import FIELD_TYPES
@@ -211,7 +211,8 @@ def freeze_trigger(doc: Mapping[str, Any], registry: Registry, check: ConditionC
         errors.append({"pointer": "/cycle_field", "message": f"unknown field {cf!r}"})
     if doc.get("consent"):
         consent = registry.entities.get("consent")
-        purposes = consent.field("purpose").option_values if consent and consent.field("purpose") else frozenset()
+        purpose = consent.field("purpose") if consent else None
+        purposes = purpose.option_values if purpose is not None else frozenset()
         if doc["consent"] not in purposes:
             errors.append({"pointer": "/consent", "message": f"unknown consent purpose; one of {sorted(purposes)}"})
         if customer_field(spec) is None:
@@ -241,7 +242,7 @@ def freeze_trigger(doc: Mapping[str, Any], registry: Registry, check: ConditionC
     )
 
 
-def build_automation(registry: Registry, documents: list[Mapping[str, Any]], check: ConditionCheck) -> Automation:
+def build_automation(registry: Registry, documents: Sequence[Mapping[str, Any]], check: ConditionCheck) -> Automation:
     """Validate and freeze flow and trigger documents (later documents of a name replace earlier
     ones: core → package → runtime). Raises MetadataInvalid listing every error."""
     from .flowspec import freeze_flow

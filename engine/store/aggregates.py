@@ -87,10 +87,11 @@ class AggregateJoins:
             inner = select(rel_key.label("k"), func.count().label("v")).where(*where).group_by(rel_key)
         elif fn == "last":
             order = self._field(rel_spec, ctx, doc.get("order"), required=True, what="order")
+            assert value_field is not None and order is not None
             ranked = (
                 select(
                     rel_key.label("k"),
-                    field_expr(rel_table, value_field).label("v"),  # type: ignore[arg-type]
+                    field_expr(rel_table, value_field).label("v"),
                     func.row_number().over(partition_by=rel_key, order_by=(field_expr(rel_table, order).desc(), rel_table.c.id.desc())).label("rn"),
                 )
                 .where(*where)
@@ -104,10 +105,10 @@ class AggregateJoins:
                 raise _bad(f"{fn} needs a number field, not {value_field.name!r}", value_field.name)
             if doc.get("negate_when") is not None:
                 expr = case((compile_filter(ctx, doc["negate_when"]), -expr), else_=expr)
-            agg = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[fn]
-            inner = select(rel_key.label("k"), agg(expr).label("v")).where(*where).group_by(rel_key)
+            aggregated: ColumnElement[Any] = getattr(func, fn)(expr)  # sum | avg | min | max
+            inner = select(rel_key.label("k"), aggregated.label("v")).where(*where).group_by(rel_key)
         sub = inner.subquery(alias)
-        base_key = self.table.c.id if match[1] == "id" else field_expr(self.table, match[1])  # type: ignore[arg-type]
+        base_key = self.table.c.id if match[1] == "id" else field_expr(self.table, match[1])
         self.joins.append((sub, base_key == sub.c.k))
         value = func.coalesce(sub.c.v, literal(0)) if fn in ("count", "sum") else sub.c.v
         self._seen[key] = value

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from sqlalchemy import Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
+from sqlalchemy import Integer, Numeric, Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -92,6 +92,8 @@ class FilterContext:
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, microsecond=0)
     # aggregate conditions over related records ({"agg": …}): only triggers and reports set it
     aggregate: Callable[[Any], ColumnElement[Any]] | None = None
+    # ``ref.field`` paths (e.g. ``product.type`` on holdings): the context of a referenced entity
+    related: Callable[[str], "FilterContext"] | None = None
 
 
 def _field(ctx: FilterContext, name: Any, where: str) -> FieldSpec:
@@ -158,7 +160,10 @@ def _compile(ctx: FilterContext, node: Any, depth: int, counter: list[int]) -> C
     unknown = set(node) - {"field", "op", "value"}
     if unknown:
         raise InvalidFilter(f"unknown key {sorted(unknown)[0]!r} in filter condition")
-    f = _field(ctx, node.get("field"), "filter")
+    name = node.get("field")
+    if isinstance(name, str) and "." in name and ctx.related is not None:
+        return _path_condition(ctx, node, name, depth, counter)
+    f = _field(ctx, name, "filter")
     op = node.get("op", "eq")
     try:
         return _condition(ctx, f, op, node.get("value"))
@@ -213,7 +218,8 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
         days = FIELD_TYPES["integer"].normalize(value, FieldSpec("days", "integer", Label("", ""), min=0, max=36500))
         start, end = _window(ctx, f, "within_last_days" if op == "older_than_days" else op, days)
         if op == "older_than_days":
-            return expr < _bindable(f, start)  # strictly before the start of the last-N-days window
+            before: ColumnElement[bool] = expr < _bindable(f, start)  # strictly before the last-N-days window
+            return before
         return expr.between(_bindable(f, start), _bindable(f, end))
     v = _bindable(f, _value(f, value))
     compare: dict[str, Callable[[], ColumnElement[bool]]] = {
@@ -225,6 +231,19 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
         "gte": lambda: expr >= v,
     }
     return compare[op]()
+
+
+def _path_condition(ctx: FilterContext, node: dict[str, Any], name: str, depth: int, counter: list[int]) -> ColumnElement[bool]:
+    """``{"field": "product.type", …}``: the referenced record meets the condition, compiled as
+    ``product IN (SELECT id FROM product WHERE type = …)`` (one level of reference)."""
+    head, rest = name.split(".", 1)
+    f = ctx.spec.live_field(head)
+    if f is None or f.type != "ref" or f.ref is None or not ctx.readable(f) or "." in rest:
+        raise InvalidFilter(f"unknown field {name[:64]!r}", [{"field": name[:64], "message": "unknown field"}])
+    assert ctx.related is not None
+    target = replace(ctx.related(f.ref), related=None, aggregate=None)
+    inner = _compile(target, {**node, "field": rest}, depth + 1, counter)
+    return field_expr(ctx.table, f).in_(select(target.table.c.id).where(inner, target.table.c.retained_at.is_(None)))
 
 
 AGG_OPS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte"})
@@ -245,14 +264,23 @@ def _aggregate_condition(ctx: FilterContext, node: dict[str, Any]) -> ColumnElem
     value = node.get("value")
     right: Any
     if isinstance(value, dict) and "agg" in value:
-        extra = set(value) - {"agg", "times"}
+        extra = set(value) - {"agg", "times", "divide"}
         if extra:
             raise InvalidFilter(f"unknown key {sorted(extra)[0]!r} in aggregate value")
         right = ctx.aggregate(value["agg"])
-        if "times" in value:
-            right = right * literal(_number(value["times"], "times"), right.type)
+        # "k times the monthly average over a year": {"agg": <sum over 360 days>, "times": k, "divide": 12}
+        factor = _number(value.get("times", 1), "times") / _number(value.get("divide", 1), "divide") if _number(value.get("divide", 1), "divide") else None
+        if factor is None:
+            raise InvalidFilter("aggregate divide must not be zero", [{"field": "agg", "message": "divide must not be zero"}])
+        if factor != 1:
+            # SQLite has no exact decimals: a float factor (e.g. 0.25) there, NUMERIC on PostgreSQL
+            right = right * (literal(float(factor)) if ctx.dialect == "sqlite" else literal(factor, Numeric(30, 10)))
     else:
-        right = literal(_number(value, "value"), left.type)
+        number = _number(value, "value")
+        if isinstance(left.type, Integer):  # counts (and integer fields) compare with integers
+            right = literal(int(number), left.type) if number == number.to_integral_value() else literal(float(number))
+        else:
+            right = literal(number, left.type)  # money binds through its own type (scaled on SQLite)
     compare: dict[str, Callable[[], ColumnElement[bool]]] = {
         "eq": lambda: left == right,
         "ne": lambda: left != right,

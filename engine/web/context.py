@@ -16,6 +16,7 @@ from ..services.records import RecordService
 from ..services.roles import RoleService
 from ..services.staff import StaffService
 from ..services.views import SavedViews
+from ..flows.triggers import TriggerEngine
 
 __all__ = ["Services", "services", "ensure_fab_role"]
 
@@ -31,6 +32,7 @@ class Services:
     access: AccessRequests = field(init=False)
     staff: StaffService = field(init=False)
     views: SavedViews = field(init=False)
+    triggers: TriggerEngine = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -41,6 +43,7 @@ class Services:
         self.access = AccessRequests(self.runtime, self.records)
         self.staff = StaffService(self.runtime, self.authz)
         self.views = SavedViews(self.records)
+        self.triggers = TriggerEngine(self.runtime, self.records).install()  # on-change triggers run inside writes
 
 
 def services() -> Services:
