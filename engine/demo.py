@@ -61,7 +61,9 @@ DEMO = Principal.system("demo")
 CUSTOMER_BATCH = 500  # customers generated, inserted and reported to ``progress`` at a time
 ROW_BATCH = 2000  # rows per bulk_insert call for related records
 CENT = Decimal("0.01")
-ENTITIES = ("product", "customer", "holding", "transaction", "interaction", "opportunity", "task", "ticket", "consent")
+ENTITIES = (
+    "product", "customer", "holding", "transaction", "interaction", "opportunity", "task", "ticket", "consent", "insurance_policy", "survey_response",
+)
 
 DEMO_BRANCHES: list[dict[str, Any]] = [
     {"code": "HO", "name": "总行", "level": "head_office", "city": "北京", "parent": None},
@@ -371,6 +373,7 @@ class _Demo:
         self, seed: int, today: dt.date, months: int, branches: Mapping[str, int], owners: Sequence[tuple[int, str]], products: Mapping[str, int]
     ) -> None:
         self.rng = random.Random(seed)
+        self.seed = seed
         self.fake = Faker("zh_CN")
         self.fake.seed_instance(seed)
         self.today = today
@@ -731,6 +734,48 @@ class _Demo:
             rows.append(self._ticket(cid, "低分回访整改", text, "service", "retail", opened, p.owner))
         return rows
 
+    # ---------------------------------------------------------- policies and surveys
+
+    def _own_rng(self, cid: int, what: str) -> random.Random:
+        """A generator of its own per customer: adding these rows leaves every other demo row
+        exactly as it was for the same seed."""
+        return random.Random(f"{self.seed}-{what}-{cid}")
+
+    def policies(self, cid: int, p: _Person) -> list[dict[str, Any]]:
+        """One policy per insurance product held; yearly covers renew on their anniversary, so
+        some expire within the next 30 days (the renewal reminders' scenario)."""
+        rng = self._own_rng(cid, "policy")
+        rows = []
+        for k, (product, amount, began, maturity, _rolled) in enumerate(h for h in p.holdings if h[0].type == "insurance"):
+            end = maturity or began + dt.timedelta(days=365)
+            if product.term_days == 365 and rng.random() < 0.12:
+                end = self.today + dt.timedelta(days=rng.randint(1, 30))
+                began = end - dt.timedelta(days=365)
+            premium = (amount / 10 if product.term_days and product.term_days > 365 else Decimal(rng.choice([98, 198, 298, 498])))
+            rows.append(
+                {
+                    "policy_no": f"P{self.today:%y}{cid:09d}{k}",
+                    "customer": cid,
+                    "product": self.product_ids[product.code],
+                    "premium": _money(premium),
+                    "sum_insured": _money(amount * 3 if product.term_days and product.term_days > 365 else Decimal(rng.choice([100000, 200000, 500000]))),
+                    "start_date": began,
+                    "end_date": end,
+                    "renewal_status": "pending",
+                }
+            )
+        return rows
+
+    def surveys(self, cid: int, p: _Person) -> list[dict[str, Any]]:
+        """NPS answers from about a quarter of the customers over the last half year; those with
+        low service scores mostly answer as detractors (0–6)."""
+        rng = self._own_rng(cid, "survey")
+        if rng.random() > (0.6 if p.low_scores else 0.25):
+            return []
+        score = rng.randint(0, 6) if p.low_scores and rng.random() < 0.8 else rng.choices(range(11), [1, 1, 1, 1, 2, 3, 5, 10, 20, 25, 20])[0]
+        day = self.today - dt.timedelta(days=rng.randint(1, 180))
+        return [{"customer": cid, "survey": "nps", "score": score, "channel": rng.choice(["sms", "wechat", "app", "phone"]), "responded_at": _moment(rng, day, "mobile_app")}]
+
     def _held(self, p: _Person, kind: str) -> str:
         """The name of a product of this type the customer holds (or one from the shelf)."""
         names = [h[0].name for h in p.holdings if h[0].type == kind]
@@ -834,6 +879,8 @@ def seed_demo(
             rows["task"] += demo.tasks(cid, p)
             rows["ticket"] += demo.tickets(cid, p)  # before consents: complaints withdraw them
             rows["consent"] += demo.consents(cid, p)
+            rows["insurance_policy"] += demo.policies(cid, p)
+            rows["survey_response"] += demo.surveys(cid, p)
         for entity, batch in rows.items():
             for k in range(0, len(batch), ROW_BATCH):
                 records.bulk_insert(DEMO, entity, batch[k : k + ROW_BATCH])

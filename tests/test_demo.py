@@ -99,7 +99,9 @@ def test_branch_tree_is_created_parents_first(records: RecordService) -> None:
 
 def test_counts_are_the_rows_created(records: RecordService, seeded: dict[str, Any]) -> None:
     counts = seeded["counts"]
-    assert set(counts) == {"product", "customer", "holding", "transaction", "interaction", "opportunity", "task", "ticket", "consent"}
+    assert set(counts) == {
+        "product", "customer", "holding", "transaction", "interaction", "opportunity", "task", "ticket", "consent", "insurance_policy", "survey_response",
+    }
     for entity, n in counts.items():
         assert n > 0, entity
         assert records.count(SYSTEM, entity) == n, entity
@@ -108,6 +110,24 @@ def test_counts_are_the_rows_created(records: RecordService, seeded: dict[str, A
     assert sum(seeded["progress"]) == CUSTOMERS
     per_customer = Counter(h["customer"] for h in read_all(records, "holding"))
     assert len(per_customer) == CUSTOMERS and set(per_customer.values()) <= {1, 2, 3, 4}
+
+
+def test_policies_follow_insurance_holdings_and_some_come_up_for_renewal(records: RecordService, seeded: dict[str, Any]) -> None:
+    policies = read_all(records, "insurance_policy")
+    products = {p["id"]: p for p in read_all(records, "product")}
+    assert policies and {products[p["product"]]["type"] for p in policies} == {"insurance"}
+    insured = {h["customer"] for h in read_all(records, "holding") if products[h["product"]]["type"] == "insurance"}
+    assert {p["customer"] for p in policies} == insured
+    today = dt.date.today()
+    assert all(p["end_date"] > p["start_date"] for p in policies)
+    assert any(0 < (dt.date.fromisoformat(p["end_date"]) - today).days <= 30 for p in policies), "no renewal within 30 days"
+    assert len({p["policy_no"] for p in policies}) == len(policies)
+
+
+def test_nps_answers_lean_low_for_unhappy_customers(records: RecordService, seeded: dict[str, Any]) -> None:
+    answers = read_all(records, "survey_response")
+    assert answers and all(0 <= a["score"] <= 10 for a in answers)
+    assert any(a["score"] <= 6 for a in answers) and any(a["score"] >= 9 for a in answers)
 
 
 def test_products_cover_the_shelf(records: RecordService, seeded: dict[str, Any]) -> None:
