@@ -12,7 +12,7 @@ import json
 import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Table, and_, bindparam, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
@@ -53,6 +53,9 @@ __all__ = ["RecordService", "Page", "MAX_LIMIT", "COUNT_CAP"]
 
 MAX_LIMIT = 500
 COUNT_CAP = 10_000
+_FIRST_FIELD = 6  # id, version, created_at, updated_at, created_by, updated_by come first
+_DIRECT, _DUMPED, _GENERAL = 0, 1, 2
+_IDENTITY = FIELD_TYPES["string"].dump
 TAG_MAX = 64
 
 
@@ -170,41 +173,47 @@ class RecordService:
                 cols.append(t.c.ext[f.name].as_string().label(f.name))
         return cols
 
-    def serialize(self, v: _View, row: Mapping[Any, Any], fields: list[FieldSpec]) -> dict[str, Any]:
+    def serialize(self, v: _View, row: Sequence[Any], fields: list[FieldSpec]) -> dict[str, Any]:
         return self.serialize_many(v, [row], fields)[0]
 
-    def serialize_many(self, v: _View, rows: Iterable[Mapping[Any, Any]], fields: list[FieldSpec]) -> builtins.list[dict[str, Any]]:
-        """Rows → output dicts through each field's policy: decrypt, dump, mask or show.
+    def serialize_many(self, v: _View, rows: Iterable[Sequence[Any]], fields: list[FieldSpec]) -> builtins.list[dict[str, Any]]:
+        """Rows (as selected by ``_select_columns``: six system columns, then ``fields`` in
+        order, read by position) → output dicts through each field's policy: decrypt, dump,
+        mask or show.
 
-        The per-field plan is worked out once per call, not once per row: list pages are the
-        hot path of the whole product.
+        The per-field plan is worked out once per call, not once per row, and sorts fields into
+        those copied as they are, those only dumped (dates, decimals) and the rest (encrypted or
+        masked): list pages are the hot path of the whole product.
         """
         dump_dt = FIELD_TYPES["datetime"].dump
         decrypt = self.runtime.keyring.decrypt
         table = v.table.name
-        plan = [
-            (
-                f.name,
-                f.encrypted,
-                None if f.encrypted else FIELD_TYPES[f.type].dump if f.storage == "column" else _json_reader(f),
-                effective_mask(f) if v.access[f.name].view == "masked" else None,
-                v.access[f.name].view == "masked",
-            )
-            for f in fields
-        ]
+        plan = []
+        for i, f in enumerate(fields):
+            masked = v.access[f.name].view == "masked"
+            dump = None if f.encrypted else FIELD_TYPES[f.type].dump if f.storage == "column" else _json_reader(f)
+            if dump is _IDENTITY:
+                dump = None
+            kind = _GENERAL if (masked or f.encrypted) else _DUMPED if dump is not None else _DIRECT
+            plan.append((_FIRST_FIELD + i, f.name, kind, f.encrypted, dump, effective_mask(f) if masked else None, masked))
         grants = v.grants
         out_rows = []
         for row in rows:
-            rid = row["id"]
+            rid = row[0]
+            created, updated = row[2], row[3]
             out: dict[str, Any] = {
                 "id": rid,
-                "version": row["version"],
-                "created_at": dump_dt(row["created_at"]),
-                "updated_at": dump_dt(row["updated_at"]),
+                "version": row[1],
+                # stored naive UTC: the common case skips the timezone checks of dump()
+                "created_at": created.isoformat() + "Z" if created.tzinfo is None else dump_dt(created),
+                "updated_at": updated.isoformat() + "Z" if updated.tzinfo is None else dump_dt(updated),
             }
             granted = grants.get(rid) if grants else None
-            for name, encrypted, dump, rule, masked in plan:
-                raw = row[name]
+            for idx, name, kind, encrypted, dump, rule, masked in plan:
+                raw = row[idx]
+                if kind == _DIRECT:
+                    out[name] = raw
+                    continue
                 if raw is not None:
                     if encrypted:
                         raw = decrypt(raw, aad_for(table, name, rid))
@@ -379,7 +388,7 @@ class RecordService:
             if ckey is not None:
                 self._remember(ckey, stmt)
         with self.runtime.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt).all()
             count = capped = None
             if with_count:
                 sub = select(v.table.c.id).where(where).limit(COUNT_CAP + 1).subquery()
@@ -387,11 +396,11 @@ class RecordService:
                 capped = count > COUNT_CAP
                 count = min(count, COUNT_CAP)
         if rows:
-            self.runtime.confirm_stamps(rows[0])
+            self.runtime.confirm_stamps(rows[0]._mapping)
         next_cursor = None
         if len(rows) > limit:
             rows = rows[:limit]
-            last = rows[-1]
+            last = rows[-1]._mapping
             values = [self._sort_value(v, k.field, last) for k in keys]
             next_cursor = encode_cursor(self.runtime.secret, keys, values)
         items = self.serialize_many(v, rows, out_fields)
@@ -465,7 +474,7 @@ class RecordService:
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
         self.runtime.confirm_stamps(row._mapping)
-        out = self.serialize(v, row._mapping, out_fields)  # one row: the same per-field plan
+        out = self.serialize(v, row, out_fields)  # one row: the same per-field plan
         self._audit_unmasked(v)
         return out
 
