@@ -331,3 +331,27 @@ def test_amounts_are_compared_exactly(crm: Any) -> None:
     crm.add("transaction", customer=exact, amount="0.00", direction="out", channel="online", occurred_at=at(-1))
     crm.run()
     assert [o["customer"] for o in crm.rows("opportunity")] == [above]
+
+
+# ------------------------------------------------------------------ through the web app
+
+
+def test_change_trigger_runs_inside_an_api_write_and_row_scope_holds(client: Any, login: Any) -> None:
+    """rm1 records a low NPS answer through the API: the remediation ticket exists when the
+    response returns, rm1 sees it, rm2 does not (not in the list, 404 on the record)."""
+    rm1, rm2 = login("rm1"), login("rm2")
+    customer = client.post("/api/v1/records/customer", json={"name": "赵敏", "aum": "30000"}, headers=rm1)
+    assert customer.status_code == 201, customer.get_data(as_text=True)
+    cid = customer.json["id"]
+    resp = client.post(
+        "/api/v1/records/survey_response", json={"customer": cid, "survey": "nps", "score": 3, "responded_at": "2026-11-20T08:00:00Z"}, headers=rm1
+    )
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    mine = client.get("/api/v1/records/ticket", headers=rm1).json["items"]
+    assert [(t["customer"], t["category"], t["status"]) for t in mine] == [(cid, "complaint", "new")]
+    assert client.get("/api/v1/records/ticket", headers=rm2).json["items"] == []
+    assert client.get(f"/api/v1/records/ticket/{mine[0]['id']}", headers=rm2).status_code == 404
+    # a bad answer is refused whole: no response, no ticket
+    bad = client.post("/api/v1/records/survey_response", json={"customer": cid, "survey": "nps", "score": 11}, headers=rm1)
+    assert bad.status_code == 422 and bad.json["error"]["details"][0]["field"] == "score"
+    assert len(client.get("/api/v1/records/ticket", headers=rm1).json["items"]) == 1
