@@ -47,6 +47,7 @@ def compiled_condition(
     ctx = make(spec, table)
     from dataclasses import replace
 
+    joins.prepare(condition)  # aggregates over the same table share one scan
     clause = compile_filter(replace(ctx, aggregate=joins), dict(condition))
     return clause, joins
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
-from sqlalchemy import Table, and_, case, func, literal, select
+from sqlalchemy import Table, case, func, literal, or_, select
 from sqlalchemy.sql import FromClause
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -37,6 +37,40 @@ __all__ = ["AggregateJoins", "AGG_FUNCTIONS"]
 AGG_FUNCTIONS = frozenset({"count", "sum", "avg", "min", "max", "last"})
 _KEYS = frozenset({"relation", "entity", "match", "fn", "field", "filter", "negate_when", "order"})
 MAX_AGGREGATES = 8
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """One checked aggregate, compiled into its parts."""
+
+    key: str
+    rel_spec: EntitySpec
+    rel_table: Table
+    match: tuple[FieldSpec, Any]
+    fn: str
+    filter: ColumnElement[bool] | None
+    expr: ColumnElement[Any] | None
+    order: ColumnElement[Any] | None
+
+
+def _aggregates_in(node: Any, depth: int = 0) -> list[dict[str, Any]]:
+    """Every aggregate document in a condition (compared side and value side)."""
+    if depth > 20 or not isinstance(node, Mapping):
+        return []
+    out: list[dict[str, Any]] = []
+    if isinstance(node.get("agg"), dict):
+        out.append(node["agg"])
+        value = node.get("value")
+        if isinstance(value, dict) and isinstance(value.get("agg"), dict):
+            out.append(value["agg"])
+        return out
+    for key in ("and", "or"):
+        if isinstance(node.get(key), list):
+            for child in node[key]:
+                out += _aggregates_in(child, depth + 1)
+    if "not" in node:
+        out += _aggregates_in(node["not"], depth + 1)
+    return out
 
 
 def _bad(message: str, field_name: str = "agg") -> InvalidFilter:
@@ -59,16 +93,38 @@ class AggregateJoins:
     _seen: dict[str, ColumnElement[Any]] = field(default_factory=dict)
 
     def __call__(self, doc: Any) -> ColumnElement[Any]:
+        key = self._key(doc)
+        if key not in self._seen:
+            self._build([self._resolve(doc)])
+        return self._seen[key]
+
+    def prepare(self, condition: Any) -> None:
+        """Merge the aggregates of ``condition`` that read the same related table by the same
+        key into one derived table: ``SELECT k, sum(…) FILTER (WHERE <30 days>), sum(…) FILTER
+        (WHERE <360 days>) … WHERE <30 days> OR <360 days> GROUP BY k`` — one scan of the
+        transactions instead of one per aggregate. ``last`` keeps a table of its own."""
+        groups: dict[Any, list[_Resolved]] = {}
+        for doc in _aggregates_in(condition):
+            key = self._key(doc)
+            if key in self._seen or any(r.key == key for g in groups.values() for r in g):
+                continue
+            r = self._resolve(doc)
+            group = (r.rel_spec.name, r.match[0].name, r.match[1] if isinstance(r.match[1], str) else r.match[1].name)
+            groups.setdefault(group if r.fn != "last" else (key,), []).append(r)
+        for members in groups.values():
+            self._build(members)
+
+    def _key(self, doc: Any) -> str:
         if not isinstance(doc, dict):
             raise _bad("an aggregate must be a JSON object")
         unknown = set(doc) - _KEYS
         if unknown:
             raise _bad(f"unknown key {sorted(unknown)[0]!r} in aggregate")
-        key = json.dumps(doc, sort_keys=True, default=str)
-        if key in self._seen:
-            return self._seen[key]
-        if len(self.joins) >= MAX_AGGREGATES:
-            raise _bad(f"at most {MAX_AGGREGATES} aggregates in one condition")
+        return json.dumps(doc, sort_keys=True, default=str)
+
+    def _resolve(self, doc: dict[str, Any]) -> "_Resolved":
+        """Check one aggregate and compile its parts (filter, value expression)."""
+        key = self._key(doc)
         rel_spec, match = self._target(doc)
         rel_table = self.snap.tables[rel_spec.name]
         ctx = self.context(rel_spec, rel_table)
@@ -76,43 +132,64 @@ class AggregateJoins:
         if fn not in AGG_FUNCTIONS:
             raise _bad(f"unknown aggregate function {fn!r}; one of {sorted(AGG_FUNCTIONS)}")
         value_field = self._field(rel_spec, ctx, doc.get("field"), required=fn != "count")
-        where: list[ColumnElement[bool]] = [rel_table.c.retained_at.is_(None)]
-        if doc.get("filter") is not None:
-            where.append(compile_filter(ctx, doc["filter"]))
-        rel_key = field_expr(rel_table, match[0])
-        where.append(rel_key.is_not(None))
-        alias = f"agg{len(self.joins)}"
-        value: ColumnElement[Any]
-        if fn == "count":
-            inner = select(rel_key.label("k"), func.count().label("v")).where(*where).group_by(rel_key)
-        elif fn == "last":
-            order = self._field(rel_spec, ctx, doc.get("order"), required=True, what="order")
-            assert value_field is not None and order is not None
-            ranked = (
-                select(
-                    rel_key.label("k"),
-                    field_expr(rel_table, value_field).label("v"),
-                    func.row_number().over(partition_by=rel_key, order_by=(field_expr(rel_table, order).desc(), rel_table.c.id.desc())).label("rn"),
-                )
-                .where(*where)
-                .subquery(alias + "r")
-            )
-            inner = select(ranked.c.k, ranked.c.v).where(ranked.c.rn == 1)
-        else:
+        filt = compile_filter(ctx, doc["filter"]) if doc.get("filter") is not None else None
+        expr: ColumnElement[Any] | None = None
+        order: ColumnElement[Any] | None = None
+        if fn == "last":
+            order_field = self._field(rel_spec, ctx, doc.get("order"), required=True, what="order")
+            assert value_field is not None and order_field is not None
+            expr, order = field_expr(rel_table, value_field), field_expr(rel_table, order_field)
+        elif fn != "count":
             assert value_field is not None
             expr = field_expr(rel_table, value_field)
             if value_field.type not in ("integer", "decimal") and fn in ("sum", "avg"):
                 raise _bad(f"{fn} needs a number field, not {value_field.name!r}", value_field.name)
             if doc.get("negate_when") is not None:
                 expr = case((compile_filter(ctx, doc["negate_when"]), -expr), else_=expr)
-            aggregated: ColumnElement[Any] = getattr(func, fn)(expr)  # sum | avg | min | max
-            inner = select(rel_key.label("k"), aggregated.label("v")).where(*where).group_by(rel_key)
+        return _Resolved(key, rel_spec, rel_table, match, fn, filt, expr, order)
+
+    def _build(self, members: "list[_Resolved]") -> None:
+        """One derived table for ``members`` (same related table and key), LEFT JOINed once."""
+        if len(self.joins) >= MAX_AGGREGATES:
+            raise _bad(f"at most {MAX_AGGREGATES} aggregates in one condition")
+        first = members[0]
+        rel_table, match = first.rel_table, first.match
+        rel_key = field_expr(rel_table, match[0])
+        where: list[ColumnElement[bool]] = [rel_table.c.retained_at.is_(None), rel_key.is_not(None)]
+        alias = f"agg{len(self.joins)}"
+        if first.fn == "last":
+            assert first.expr is not None and first.order is not None
+            ranked = (
+                select(
+                    rel_key.label("k"),
+                    first.expr.label("v0"),
+                    func.row_number().over(partition_by=rel_key, order_by=(first.order.desc(), rel_table.c.id.desc())).label("rn"),
+                )
+                .where(*where, *([first.filter] if first.filter is not None else []))
+                .subquery(alias + "r")
+            )
+            inner = select(ranked.c.k, ranked.c.v0).where(ranked.c.rn == 1)
+        else:
+            single = len(members) == 1
+            if single and first.filter is not None:
+                where.append(first.filter)
+            else:
+                filters = [m.filter for m in members if m.filter is not None]
+                if not single and len(filters) == len(members):
+                    where.append(or_(*filters))
+            columns = []
+            for i, m in enumerate(members):
+                aggregated: Any = func.count() if m.fn == "count" else getattr(func, m.fn)(m.expr)  # sum | avg | min | max
+                if not single and m.filter is not None:
+                    aggregated = aggregated.filter(m.filter)
+                columns.append(aggregated.label(f"v{i}"))
+            inner = select(rel_key.label("k"), *columns).where(*where).group_by(rel_key)
         sub = inner.subquery(alias)
         base_key = self.table.c.id if match[1] == "id" else field_expr(self.table, match[1])
         self.joins.append((sub, base_key == sub.c.k))
-        value = func.coalesce(sub.c.v, literal(0)) if fn in ("count", "sum") else sub.c.v
-        self._seen[key] = value
-        return value
+        for i, m in enumerate(members):
+            v = sub.c[f"v{i}"]
+            self._seen[m.key] = func.coalesce(v, literal(0)) if m.fn in ("count", "sum") else v
 
     def from_clause(self) -> FromClause:
         out: FromClause = self.table
