@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from sqlalchemy import Table, case, func, literal, or_, select
+from sqlalchemy import exists as sa_exists
 from sqlalchemy.sql import FromClause
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import InvalidFilter
 from ..meta.spec import EntitySpec, FieldSpec
-from .query import FilterContext, compile_filter, field_expr
+from .query import FilterContext, compile_filter, count_exists_form, field_expr
 
 __all__ = ["AggregateJoins", "AGG_FUNCTIONS"]
 
@@ -59,6 +60,8 @@ def _aggregates_in(node: Any, depth: int = 0) -> list[dict[str, Any]]:
         return []
     out: list[dict[str, Any]] = []
     if isinstance(node.get("agg"), dict):
+        if count_exists_form(node) is not None:
+            return out  # compiled as [NOT] EXISTS, no derived table
         out.append(node["agg"])
         value = node.get("value")
         if isinstance(value, dict) and isinstance(value.get("agg"), dict):
@@ -71,6 +74,15 @@ def _aggregates_in(node: Any, depth: int = 0) -> list[dict[str, Any]]:
     if "not" in node:
         out += _aggregates_in(node["not"], depth + 1)
     return out
+
+
+def _distinct_on(stmt: Any, key: ColumnElement[Any]) -> Any:
+    """PostgreSQL's DISTINCT ON: SQLAlchemy 2.1's extension, or ``distinct(col)`` before it."""
+    try:
+        from sqlalchemy.dialects.postgresql import distinct_on
+    except ImportError:  # SQLAlchemy 2.0
+        return stmt.distinct(key)
+    return stmt.ext(distinct_on(key))
 
 
 def _bad(message: str, field_name: str = "agg") -> InvalidFilter:
@@ -113,6 +125,16 @@ class AggregateJoins:
             groups.setdefault(group if r.fn != "last" else (key,), []).append(r)
         for members in groups.values():
             self._build(members)
+
+    def exists(self, doc: Any) -> ColumnElement[bool]:
+        """EXISTS (related rows meeting the aggregate's filter), correlated to the base row."""
+        r = self._resolve(doc)
+        rel_key = field_expr(r.rel_table, r.match[0])
+        base_key = self.table.c.id if r.match[1] == "id" else field_expr(self.table, r.match[1])
+        conds = [rel_key == base_key, r.rel_table.c.retained_at.is_(None)]
+        if r.filter is not None:
+            conds.append(r.filter)
+        return sa_exists().where(*conds)
 
     def _key(self, doc: Any) -> str:
         if not isinstance(doc, dict):
@@ -159,16 +181,18 @@ class AggregateJoins:
         alias = f"agg{len(self.joins)}"
         if first.fn == "last":
             assert first.expr is not None and first.order is not None
-            ranked = (
-                select(
-                    rel_key.label("k"),
-                    first.expr.label("v0"),
-                    func.row_number().over(partition_by=rel_key, order_by=(first.order.desc(), rel_table.c.id.desc())).label("rn"),
+            where += [first.filter] if first.filter is not None else []
+            newest = (first.order.desc().nulls_last(), rel_table.c.id.desc())
+            if self.context(first.rel_spec, rel_table).dialect == "postgresql":
+                # DISTINCT ON: one sort of the related rows, the plan a DBA writes by hand
+                inner = _distinct_on(select(rel_key.label("k"), first.expr.label("v0")).where(*where), rel_key).order_by(rel_key, *newest)
+            else:
+                ranked = (
+                    select(rel_key.label("k"), first.expr.label("v0"), func.row_number().over(partition_by=rel_key, order_by=newest).label("rn"))
+                    .where(*where)
+                    .subquery(alias + "r")
                 )
-                .where(*where, *([first.filter] if first.filter is not None else []))
-                .subquery(alias + "r")
-            )
-            inner = select(ranked.c.k, ranked.c.v0).where(ranked.c.rn == 1)
+                inner = select(ranked.c.k, ranked.c.v0).where(ranked.c.rn == 1)
         else:
             single = len(members) == 1
             if single and first.filter is not None:

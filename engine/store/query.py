@@ -19,7 +19,7 @@ import hmac
 import json
 from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Integer, Numeric, Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
@@ -260,6 +260,13 @@ def _aggregate_condition(ctx: FilterContext, node: dict[str, Any]) -> ColumnElem
     op = node.get("op", "eq")
     if op not in AGG_OPS:
         raise InvalidFilter(f"operator {op!r} is not allowed on an aggregate", [{"field": "agg", "message": f"allowed: {sorted(AGG_OPS)}"}])
+    form = count_exists_form(node)
+    exists_of = getattr(ctx.aggregate, "exists", None)
+    if form is not None and exists_of is not None:
+        # "no transaction in 90 days": NOT EXISTS, which the database runs as an anti-join
+        # probing an index for the candidates only, instead of counting every customer's rows
+        some: ColumnElement[bool] = exists_of(node["agg"])
+        return some if form else not_(some)
     left = ctx.aggregate(node["agg"])
     value = node.get("value")
     right: Any
@@ -290,6 +297,24 @@ def _aggregate_condition(ctx: FilterContext, node: dict[str, Any]) -> ColumnElem
         "gte": lambda: left >= right,
     }
     return compare[op]()
+
+
+def count_exists_form(node: Mapping[str, Any]) -> bool | None:
+    """A count compared with 0 or 1 asks whether related rows exist: True for "some exist"
+    (``gt 0``, ``gte 1``, ``ne 0``), False for "none exist" (``eq 0``, ``lte 0``, ``lt 1``),
+    None for any other comparison."""
+    agg, value, op = node.get("agg"), node.get("value"), node.get("op", "eq")
+    if not isinstance(agg, Mapping) or agg.get("fn", "count") != "count" or isinstance(value, (bool, dict)) or value is None:
+        return None
+    try:
+        n = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    if (op == "eq" and n == 0) or (op == "lte" and n == 0) or (op == "lt" and n == 1):
+        return False
+    if (op == "gt" and n == 0) or (op == "gte" and n == 1) or (op == "ne" and n == 0):
+        return True
+    return None
 
 
 def _number(value: Any, name: str) -> Decimal:
