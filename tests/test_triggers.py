@@ -356,3 +356,15 @@ def test_change_trigger_runs_inside_an_api_write_and_row_scope_holds(client: Any
     bad = client.post("/api/v1/records/survey_response", json={"customer": cid, "survey": "nps", "score": 11}, headers=rm1)
     assert bad.status_code == 422 and bad.json["error"]["details"][0]["field"] == "score"
     assert len(client.get("/api/v1/records/ticket", headers=rm1).json["items"]) == 1
+
+
+def test_a_trigger_may_not_set_a_field_a_flow_governs(runtime: Runtime) -> None:
+    snap = runtime.snapshot()
+    sneaky = {
+        "kind": "trigger", "name": "auto_approve", "label": {"zh": "自动审批", "en": "Auto approve"},
+        "entity": "loan_application", "on": "schedule", "condition": {"field": "amount", "op": "lt", "value": "1000"},
+        "actions": [{"type": "set", "values": {"status": "approved"}}],
+    }
+    with pytest.raises(MetadataInvalid) as exc:
+        build_automation(snap.registry, _docs_with(sneaky), condition_checker(snap, runtime.dialect))
+    assert [d["pointer"] for d in exc.value.details] == ["/trigger/auto_approve/actions/0/values/status"]

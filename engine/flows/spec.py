@@ -271,6 +271,18 @@ def build_automation(registry: Registry, documents: Sequence[Mapping[str, Any]],
             if flow is not None:
                 flows[name] = flow
         errors += [{"pointer": where + e["pointer"], "message": e["message"]} for e in errs]
+    # a flow's state moves only through its transitions: no trigger may set that field
+    governed = {(f.entity, f.field): name for name, f in flows.items()}
+    for name, trig in triggers.items():
+        for i, action in enumerate(trig.actions):
+            for field_name in action.values if action.type == "set" else ():
+                if (trig.entity, field_name) in governed:
+                    errors.append(
+                        {
+                            "pointer": f"/trigger/{name}/actions/{i}/values/{field_name}",
+                            "message": f"{field_name} is changed only through the transitions of flow {governed[(trig.entity, field_name)]!r}",
+                        }
+                    )
     if errors:
         raise MetadataInvalid("flow or trigger metadata is invalid", errors)
     return Automation(

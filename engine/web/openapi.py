@@ -159,6 +159,19 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
             "/api/v1/security/login": {"post": {"security": [], "summary": "Log in (provider db) for an access token", "responses": {"200": {"description": "Tokens"}}}},
             "/api/v1/meta/entities": {"get": {"summary": "Entities"}, "post": {"summary": "Create an entity"}},
             "/api/v1/meta/entities/{entity}/fields": {"post": {"summary": "Add a field (JSON storage unless storage: column)"}},
+            "/api/v1/meta/flows": {"get": {"summary": "Approval flows in force"}},
+            "/api/v1/meta/flows/{name}": {"get": {"summary": "A flow document"}, "put": {"summary": "Create or replace a flow (refused whole, every error listed)", "responses": errors}},
+            "/api/v1/meta/triggers": {"get": {"summary": "Triggers in force"}},
+            "/api/v1/meta/triggers/{name}": {"get": {"summary": "A trigger document"}, "put": {"summary": "Create or replace a trigger (refused whole, every error listed)", "responses": errors}},
+            "/api/v1/records/{entity}/{id}/flow": {"get": {"summary": "The record's flow state, SLA due time, votes and the transitions open to you", "responses": errors}},
+            "/api/v1/records/{entity}/{id}/transitions/{transition}": {
+                "post": {
+                    "summary": "Take a transition of the record's approval flow (or vote on an all-of step)",
+                    "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"comment": {"type": "string"}}}}}},
+                    "responses": {"200": {"description": "The record and its flow state"}, **errors},
+                }
+            },
             **paths,
         },
     }
