@@ -22,6 +22,7 @@ from engine.web.c360 import register_c360
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
 from engine.web.logs import install_log_redaction
+from engine.web.notifications import NotificationsPage
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
 from engine.web.security import FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy
 from engine.web.workbench import WorkbenchView
@@ -100,6 +101,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                 ensure_fab_role(doc["name"])
         appbuilder.add_view_no_menu(RecordPages())
         appbuilder.add_view_no_menu(WorkbenchView())
+        appbuilder.add_view_no_menu(NotificationsPage())
         register_c360(app, appbuilder)
     app.register_blueprint(api)
     # the record API has no request limits of its own (logins are limited on their own

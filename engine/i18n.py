@@ -77,6 +77,15 @@ _FIXED = {
     "storage can only change from json to column, on its own (promote)": "存储方式只能由 JSON 单独转为独立列（转列操作）",
     "your role may not configure any entity": "您的角色无权配置任何业务对象",
     "access request was decided by someone else": "该申请已由他人处理",
+    # approval flows (engine/flows/approval.py)
+    "is changed only through the flow's transitions": "只能通过流程操作变更",
+    "the record does not meet this transition's conditions": "记录尚不满足此操作的条件",
+    "approval decisions are made by people, not by the system": "审批须由人作出",
+    "you have already approved this step; it needs another approver": "您已同意过此环节，还需其他审批人同意",
+    "your approver slot of this step is already approved by someone else": "您所在的审批席位已由他人同意",
+    "comment must be a string": "审批意见应为文本",
+    "no self-approval": "不能审批自己的申请",
+    "not an approver of this step": "不是此环节的审批人",
 }
 
 _PATTERNS = [
@@ -115,6 +124,17 @@ _PATTERNS = [
     (r"entity '(\w+)' already exists", r"业务对象\1已存在"),
     (r"no version (\d+) of (\w+) '(\w+)'", r"\3没有第\1版"),
     (r"unknown field '(\w+)'.*", r"未知字段\1"),
+    (r"the '(\w+)' transition needs a comment", r"此操作须填写审批意见"),
+    (r"your role may not take the '(\w+)' transition", r"您的角色无权执行此操作"),
+    (r"(\w+) \d+ is in state '(\w+)': the '(\w+)' transition does not leave it", r"记录当前状态不允许此操作，请刷新后重试"),
+    (r"you cannot (approve|reject) a (\w+) you submitted, own or created: another approver must decide", r"不能审批自己提交、负责或创建的记录，请由其他审批人处理"),
+    (r"you are not an approver of the '(\w+)' step", r"您不是此审批环节的审批人"),
+    (r"this (\w+) does not meet the conditions of the '(\w+)' transition", r"记录尚不满足此操作的条件"),
+    (r"your role may not (\w+) this (\w+)", r"您的角色无权对此记录执行此操作"),
+    (r"(\w+) is changed only through the flow's transitions.*", r"状态只能通过流程操作变更，请使用详情页的流程按钮"),
+    (r"a new (\w+) starts in '(\w+)': (\w+) is changed only through the flow's transitions", r"新记录须从初始状态开始，\3只能通过流程操作变更"),
+    (r"starts as '(\w+)' and is changed only through the flow's transitions", r"须从初始状态开始，只能通过流程操作变更"),
+    (r"comment is longer than (\d+) characters", r"审批意见超过\1个字符"),
 ]
 _COMPILED = [(re.compile(p + r"\Z"), r) for p, r in _PATTERNS]
 _KEYED = re.compile(r"(?P<key>[a-z_][a-z0-9_]*): (?P<rest>.+)\Z", re.S)

@@ -59,6 +59,22 @@ def world(app: Any, client: Any, login: Any) -> dict[str, Any]:
     return {"branches": ids, "users": users, "customers": customers}
 
 
+def _rm2s_inbox_and_task(app: Any, world: dict[str, Any], theirs: int) -> None:
+    """A notification to rm2 and an open task of rm2's, both about rm2's customer."""
+    from engine.flows.outbox import enqueue_many
+    from engine.runtime import utcnow
+    from engine.security.principal import Principal
+
+    svc = app.extensions["fincrm"]
+    rm2 = world["users"]["rm2"]
+    with svc.runtime.begin() as conn:
+        enqueue_many(conn, [{"channel": "inbox", "recipient_kind": "user", "recipient_id": rm2, "subject": "rm2的客户已逾期", "body": "13900139000",
+                             "source": "test", "entity": "customer", "record_id": theirs, "created_at": utcnow()}])
+    overdue = (utcnow() - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with app.app_context():
+        svc.records.bulk_insert(Principal.system("test"), "task", [{"title": "回访rm2的客户", "customer": theirs, "status": "open", "due_at": overdue, "owner": rm2}])
+
+
 # ------------------------------------------------------------------ row scope on every read route
 
 # Every GET route under /api/v1/records, /api/v1/export and /e/ (and POST …/query), with how the
@@ -70,6 +86,7 @@ READ_ROUTES = {
     "/api/v1/records/<entity>/<record_id>/related": "related",
     "/api/v1/records/<entity>/<record_id>/tags": "tags",
     "/api/v1/records/<entity>/<record_id>/history": "history",
+    "/api/v1/records/<entity>/<record_id>/flow": "flow",
     "/api/v1/records/customer/<record_id>/export-personal-data": "personal",
     "/api/v1/export/<entity>": "export",
     "/api/v1/access-requests": "access_list",
@@ -81,6 +98,9 @@ READ_ROUTES = {
     "/e/<entity>/new": "page_new",
     "/c360/<int:customer_id>": "page_c360",
     "/mywork/": "page_mywork",
+    "/api/v1/notifications": "notifications",
+    "/api/v1/tasks/mine": "tasks_mine",
+    "/notifications/": "page_notifications",
 }
 
 
@@ -109,10 +129,15 @@ FAB_ADMIN_PREFIXES = (
 # Read routes a relationship manager may not open at all (403 for rm1, tested below).
 FORBIDDEN_TO_RM = {
     "/api/v1/audit": "/api/v1/audit",
+    "/api/v1/outbox": "/api/v1/outbox",
     "/api/v1/audit/verify": "/api/v1/audit/verify",
     "/api/v1/staff/<int:user_id>": "/api/v1/staff/{rm2}",
     "/api/v1/meta/roles": "/api/v1/meta/roles",
     "/api/v1/meta/roles/<name>": "/api/v1/meta/roles/relationship_manager",
+    "/api/v1/meta/flows": "/api/v1/meta/flows",
+    "/api/v1/meta/flows/<name>": "/api/v1/meta/flows/loan_approval",
+    "/api/v1/meta/triggers": "/api/v1/meta/triggers",
+    "/api/v1/meta/triggers/<name>": "/api/v1/meta/triggers/task_overdue_escalation",
     "/workbench/": "/workbench/",
     "/workbench/e/<entity>/": "/workbench/e/customer/",
     "/workbench/e/<entity>/history": "/workbench/e/customer/history",
@@ -161,6 +186,8 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
     rm1 = login("rm1")
     kind = READ_ROUTES[route]
     bodies: list[str] = []
+    if kind in ("notifications", "tasks_mine", "page_notifications"):
+        _rm2s_inbox_and_task(app, world, theirs)
     if kind == "list":
         for entity in ("customer", "interaction", "consent"):
             resp = client.get(f"/api/v1/records/{entity}?limit=500", headers=rm1)
@@ -178,8 +205,8 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             bodies.append(resp.get_data(as_text=True))
         resp = client.post("/api/v1/records/interaction/query", json={"filter": {"field": "customer", "op": "eq", "value": theirs}}, headers=rm1)
         assert resp.json["items"] == []
-    elif kind in ("get", "related", "tags", "history", "personal"):
-        suffix = {"get": "", "related": "/related", "tags": "/tags", "history": "/history", "personal": "/export-personal-data"}[kind]
+    elif kind in ("get", "related", "tags", "history", "personal", "flow"):
+        suffix = {"get": "", "related": "/related", "tags": "/tags", "history": "/history", "personal": "/export-personal-data", "flow": "/flow"}[kind]
         resp = client.get(f"/api/v1/records/customer/{theirs}{suffix}", headers=rm1)
         assert resp.status_code == 404
         bodies.append(resp.get_data(as_text=True))
@@ -190,6 +217,12 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             bodies.append(resp.get_data().decode("utf-8", "ignore"))
         csv_text = bodies[0]
         assert f"\n{theirs}," not in csv_text
+    elif kind in ("notifications", "tasks_mine"):
+        path = {"notifications": "/api/v1/notifications", "tasks_mine": "/api/v1/tasks/mine"}[kind]
+        assert "rm2的客户" in client.get(path, headers=login("rm2")).get_data(as_text=True)  # rm2 does see their own
+        resp = client.get(path, headers=rm1)
+        assert resp.status_code == 200
+        bodies.append(resp.get_data(as_text=True))
     elif kind in ("access_list", "access_get"):
         risk = login("risk1")
         req = client.post(
@@ -215,6 +248,7 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             "page_new": ["/e/interaction/new", "/e/customer/new"],
             "page_c360": [f"/c360/{theirs}", f"/c360/{world['customers']['rm1']}"],
             "page_mywork": ["/mywork/"],
+            "page_notifications": ["/notifications/", "/notifications/?unread=1"],
         }[kind]
         for path in paths:
             resp = client.get(path)

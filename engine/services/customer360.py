@@ -351,8 +351,11 @@ class MyWork:
         self.now = now
         self._c360 = Customer360(records, now=now)
 
-    def view(self, principal: Principal) -> dict[str, Any]:
-        now = self.now()
+    def tasks(self, principal: Principal, now: dt.datetime | None = None) -> tuple[dict[str, list[dict[str, Any]]], dict[str, bool]]:
+        """My open tasks grouped as (``overdue``, ``today``, ``upcoming`` within
+        ``upcoming_days``) and whether the overdue and upcoming groups have more than ``limit``.
+        Two scoped list statements; empty groups if my role may not read tasks."""
+        now = now or self.now()
         local_today = now.replace(tzinfo=dt.timezone.utc).astimezone(LOCAL_TZ).date()
         day_end = dt.datetime.combine(local_today + dt.timedelta(days=1), dt.time(), LOCAL_TZ).astimezone(dt.timezone.utc).replace(tzinfo=None)
         horizon = day_end + dt.timedelta(days=self.upcoming_days)
@@ -373,6 +376,12 @@ class MyWork:
             for item in soon.items:
                 due = FIELD_TYPES["datetime"].normalize(item["due_at"], _MOMENT)
                 tasks["today" if due < day_end else "upcoming"].append(item)
+        return tasks, more
+
+    def view(self, principal: Principal) -> dict[str, Any]:
+        now = self.now()
+        local_today = now.replace(tzinfo=dt.timezone.utc).astimezone(LOCAL_TZ).date()
+        tasks, more = self.tasks(principal, now)
         opportunities: list[dict[str, Any]] | None = None
         if self._c360._readable(principal, "opportunity"):
             mine = self._mine(principal, "opportunity", "stage", OPEN_VALUES["opportunity"][1])

@@ -10,10 +10,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from flask import Blueprint, Response, current_app, request, stream_with_context, url_for
 
 from ..errors import BadRequest, InvalidFilter
 from ..io.export import FORMATS, export_csv, export_xlsx
+from ..services.customer360 import MyWork
 from .auth import current_principal, optimistic_read, refresh_request_state
 from .context import ensure_fab_role, services
 from .openapi import openapi_document, record_schema
@@ -36,7 +39,9 @@ def _stamps() -> None:
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_default)
+    # orjson: UTF-8 as is (like ensure_ascii=False), compact, and 3-5x faster than json.dumps on
+    # list pages, where encoding was a tenth of the request's CPU time
+    body = orjson.dumps(data, default=_default, option=orjson.OPT_NON_STR_KEYS)
     return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
@@ -240,6 +245,25 @@ def record_history(entity: str, record_id: str) -> Response:
     )
 
 
+@api.post("/records/<entity>/<record_id>/transitions/<name>")
+def take_transition(entity: str, record_id: str, name: str) -> Response:
+    """Move the record along its approval flow (or cast a vote on an all-of approval step)."""
+    data = _object_body() if request.get_data(cache=True) else {}
+    unknown = set(data) - {"comment", "version"}
+    if unknown:
+        key = sorted(unknown)[0][:64]
+        raise BadRequest(f"unknown key {key!r}", [{"field": key, "message": "unknown key"}])
+    expected = request.headers.get("If-Match") or data.get("version")
+    out = services().flows.transition(current_principal(), entity, record_id, name, data.get("comment"), expected_version=expected)
+    return _json(out, headers=_etag(out["record"]) if out["record"] else None)
+
+
+@api.get("/records/<entity>/<record_id>/flow")
+def record_flow(entity: str, record_id: str) -> Response:
+    """The record's flow state, the transitions the caller may take now, votes and SLA due time."""
+    return _json(services().flows.available(current_principal(), entity, record_id))
+
+
 # ------------------------------------------------------------------------------ export
 
 
@@ -294,6 +318,53 @@ def access_request_decide(request_id: str, decision: str) -> Response:
     if decision not in ("approve", "deny", "revoke"):
         raise BadRequest("decision must be approve, deny or revoke", [{"field": "decision", "message": "unknown"}])
     return _json(services().access.decide(current_principal(), request_id, decision))
+
+
+# ------------------------------------------------------------------------------ notifications, outbox, my tasks
+
+
+def _page_args(default_limit: int) -> tuple[int | None, int]:
+    """``before`` (keyset: ids below it) and ``limit`` of a newest-first list."""
+    before = _int_arg(request.args.get("before"), "before", 0) or None
+    return before, _int_arg(request.args.get("limit"), "limit", default_limit)
+
+
+@api.get("/notifications")
+def notifications_list() -> Response:
+    """The caller's own notifications, newest first; ``?unread=1``, ``?before=<id>``."""
+    before, limit = _page_args(50)
+    return _json(services().notifications.list(current_principal(), unread=_flag(request.args.get("unread")), before=before, limit=limit))
+
+
+@api.post("/notifications/<int:notification_id>/read")
+def notification_read(notification_id: int) -> Response:
+    return _json(services().notifications.mark_read(current_principal(), notification_id))
+
+
+@api.post("/notifications/read-all")
+def notifications_read_all() -> Response:
+    return _json(services().notifications.mark_all_read(current_principal()))
+
+
+@api.get("/outbox")
+def outbox_list() -> Response:
+    """Every queued message (operations): ``?status=dead`` lists the dead letters."""
+    before, limit = _page_args(100)
+    return _json(services().notifications.outbox(current_principal(), status=request.args.get("status") or None, before=before, limit=limit))
+
+
+@api.post("/outbox/<int:message_id>/retry")
+def outbox_retry(message_id: int) -> Response:
+    return _json(services().notifications.retry(current_principal(), message_id))
+
+
+@api.get("/tasks/mine")
+def my_tasks() -> Response:
+    """The caller's open tasks: overdue, due today, upcoming (next 7 days), in their scope."""
+    principal, svc = current_principal(), services()
+    svc.records.authz.require(principal, "task", "read")
+    tasks, more = MyWork(svc.records).tasks(principal)
+    return _json({**tasks, "more": more})
 
 
 # ------------------------------------------------------------------------------ audit
@@ -405,6 +476,36 @@ def meta_put_role(name: str) -> Response:
     doc = services().roles.put(current_principal(), name, _object_body())
     ensure_fab_role(name)
     return _json(doc)
+
+
+@api.get("/meta/flows")
+def meta_flows() -> Response:
+    return _json({"items": services().automation.list(current_principal(), "flow")})
+
+
+@api.get("/meta/flows/<name>")
+def meta_flow(name: str) -> Response:
+    return _json(services().automation.get(current_principal(), "flow", name))
+
+
+@api.put("/meta/flows/<name>")
+def meta_put_flow(name: str) -> Response:
+    return _json(services().automation.put(current_principal(), "flow", name, _object_body()))
+
+
+@api.get("/meta/triggers")
+def meta_triggers() -> Response:
+    return _json({"items": services().automation.list(current_principal(), "trigger")})
+
+
+@api.get("/meta/triggers/<name>")
+def meta_trigger(name: str) -> Response:
+    return _json(services().automation.get(current_principal(), "trigger", name))
+
+
+@api.put("/meta/triggers/<name>")
+def meta_put_trigger(name: str) -> Response:
+    return _json(services().automation.put(current_principal(), "trigger", name, _object_body()))
 
 
 @api.get("/staff/<int:user_id>")

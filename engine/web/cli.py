@@ -2,7 +2,9 @@
 
 ``fincrm demo`` builds a ready-to-try installation (SQLite in the data dir, demo staff, synthetic
 customers) and serves it; ``fincrm run`` serves under gunicorn; ``fincrm init`` creates or
-upgrades the schema; ``fincrm user create`` adds staff.
+upgrades the schema; ``fincrm user create`` adds staff; ``fincrm jobs run`` runs one pass of the
+background jobs and ``fincrm worker`` runs them every interval (APScheduler, or Celery when
+``FINCRM_BROKER_URL`` is set).
 """
 
 from __future__ import annotations
@@ -214,6 +216,112 @@ def keys_rotate(resume: bool, batch: int) -> None:
     click.echo(f"current key id {runtime.keyring.current_id}; old key files can be removed once no backup needs them")
 
 
+@main.group("jobs")
+def jobs_group() -> None:
+    """Background jobs: scheduled triggers, SLA escalation, notification delivery."""
+
+
+def _echo_pass(report: dict[str, Any]) -> None:
+    """One line per job: status, time and the counts it reported."""
+    for job in report["jobs"]:
+        detail = job["detail"]
+        if "error" in detail:
+            said = f"{detail['error']}: {detail.get('message', '')}"
+        else:
+            said = ", ".join(f"{k} {v}" for k, v in detail.items() if isinstance(v, int) and not isinstance(v, bool)) or "nothing to do"
+        click.echo(f"{job['job']}: {job['status']} in {job['seconds']}s ({said})", err=job["status"] != "ok")
+
+
+@jobs_group.command("run")
+@click.option("--now", default=None, help="run as of this moment, ISO 8601 (naive = Beijing time), e.g. 2026-01-01T09:00:00")
+@click.option("--json", "as_json", is_flag=True, help="print the pass's full report as JSON")
+@with_appcontext
+def jobs_run(now: str | None, as_json: bool) -> None:
+    """Run one pass of every job now; exit 1 if any job failed (each run is kept in fincrm_job_run)."""
+    import json
+
+    from engine.flows.jobs import default_worker, parse_moment, run_pass
+
+    try:
+        moment = parse_moment(now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--now") from None
+    svc = current_app.extensions["fincrm"]
+    report = run_pass(svc.runtime, svc.records, now=moment, worker=f"cli:{default_worker()}")
+    if as_json:
+        click.echo(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        _echo_pass(report)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command("worker")
+@click.option("--interval", type=float, default=None, help="seconds between passes  [default: FINCRM_JOBS_INTERVAL or 300]")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True, help="Celery worker processes (with FINCRM_BROKER_URL)")
+def worker(interval: float | None, concurrency: int) -> None:
+    """Run the jobs pass every interval: in-process on APScheduler, or on Celery (worker with
+    embedded beat) when FINCRM_BROKER_URL is set."""
+    from engine.flows.jobs import job_interval
+
+    try:
+        seconds = job_interval(interval)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--interval") from None
+    if os.environ.get("FINCRM_BROKER_URL"):
+        _celery_worker(seconds, concurrency)
+    else:
+        _scheduler_worker(seconds)
+
+
+def _scheduler_worker(seconds: float) -> None:
+    import signal
+
+    from engine.flows.jobs import default_worker, make_scheduler, run_pass
+
+    svc = _create_app().extensions["fincrm"]
+    name = f"worker:{default_worker()}"
+
+    def one_pass() -> None:
+        report = run_pass(svc.runtime, svc.records, worker=name)
+        click.echo(f"jobs pass {'ok' if report['ok'] else 'FAILED: ' + ', '.join(report['failed'])} at {report['now']}")
+        _echo_pass(report)
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    scheduler = make_scheduler(one_pass, seconds)
+    signal.signal(signal.SIGTERM, _stop)
+    click.echo(f"FinCRM worker: a jobs pass now and every {seconds:g}s (APScheduler, in-process); Ctrl-C stops")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)  # let a running pass finish
+
+
+def _celery_worker(seconds: float, concurrency: int) -> None:
+    os.environ["FINCRM_JOBS_INTERVAL"] = str(seconds)  # read by the Celery app's beat schedule
+    from engine.flows.celery_app import celery, queue_name
+
+    data_dir = Path(os.environ.get("FINCRM_DATA_DIR", "fincrm-data")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    click.echo(f"FinCRM worker: Celery with embedded beat, a jobs pass every {seconds:g}s on queue {queue_name()!r}")
+    celery.worker_main(
+        [
+            "worker",
+            "--beat",
+            f"--schedule={data_dir / 'celerybeat-schedule'}",
+            f"--queues={queue_name()}",
+            f"--concurrency={concurrency}",
+            f"--hostname=fincrm-{os.getpid()}@%h",
+            "--loglevel=INFO",
+        ]
+    )
+
+
 @main.command("run")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
@@ -242,7 +350,7 @@ def run(host: str, port: int, workers: int) -> None:
 
 def register_cli(app: Flask) -> None:
     """Hook for `flask --app app …` users: the same commands on the app's own CLI."""
-    for name in ("init", "user"):
+    for name in ("init", "user", "jobs"):
         if name not in app.cli.commands:
             app.cli.add_command(main.commands[name])
 

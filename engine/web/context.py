@@ -12,11 +12,14 @@ from ..security.policy import CasbinAuthorizer
 from ..services.access import AccessRequests
 from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
+from ..services.notifications import Notifications
 from ..services.records import RecordService
 from ..services.roles import RoleService
 from ..services.staff import StaffService
 from ..services.views import SavedViews
 from ..flows.triggers import TriggerEngine
+from ..flows.approval import FlowEngine
+from ..services.automation import AutomationDocs
 
 __all__ = ["Services", "services", "ensure_fab_role"]
 
@@ -32,7 +35,10 @@ class Services:
     access: AccessRequests = field(init=False)
     staff: StaffService = field(init=False)
     views: SavedViews = field(init=False)
+    notifications: Notifications = field(init=False)
     triggers: TriggerEngine = field(init=False)
+    flows: FlowEngine = field(init=False)
+    automation: AutomationDocs = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,7 +49,10 @@ class Services:
         self.access = AccessRequests(self.runtime, self.records)
         self.staff = StaffService(self.runtime, self.authz)
         self.views = SavedViews(self.records)
+        self.notifications = Notifications(self.runtime, self.authz)
         self.triggers = TriggerEngine(self.runtime, self.records).install()  # on-change triggers run inside writes
+        self.flows = FlowEngine(self.runtime, self.records).install()  # flow fields change only through transitions
+        self.automation = AutomationDocs(self.runtime, self.authz, self.meta)
 
 
 def services() -> Services:

@@ -55,6 +55,9 @@ ACTION_LABELS = {
     "tag_remove": ("移除标签", "Tag removed"),
     "bulk_create": ("批量导入", "Imported"),
     "personal_data_export": ("个人信息导出", "Personal data exported"),
+    "transition": ("流程流转", "Moved along its flow"),
+    "flow_vote": ("审批会签", "Approval vote"),
+    "flow_escalated": ("超时升级", "Escalated (SLA)"),
 }
 WHEN = FieldSpec(name="ts", type="datetime", label=Label.of({"zh": "时间", "en": "When"}, "ts"))
 
@@ -274,6 +277,13 @@ class RecordPages(BaseView):
                 abort(404)
             raise
         record = data["record"]
+        flow = None
+        if svc.flows.flows(svc.runtime.cached_snapshot(), entity):
+            try:
+                flow = svc.flows.available(principal, entity, rid)
+            except FinCRMError as exc:
+                if exc.status not in (403, 404):
+                    raise
         fields = [f for f in spec.live_fields if f.name in record]
         titles = _ref_titles(principal, spec, fields, [record])
         reg = svc.runtime.cached_snapshot().registry
@@ -287,9 +297,39 @@ class RecordPages(BaseView):
             related.append((rel, rspec, rcols, block, _ref_titles(principal, rspec, rcols, block["items"])))
         return self.render_template(
             "fincrm/detail.html", spec=spec, record=record, fields=fields, titles=titles, related=related, tags=tags, history=history,
-            action_labels=ACTION_LABELS, datetime_spec=WHEN,
+            action_labels=ACTION_LABELS, datetime_spec=WHEN, flow=flow, staff_names=user_names() if flow else {}, role_labels=_role_labels() if flow else {},
             lang=lang(), display=display, csrf_token=generate_csrf(),
         )
+
+    @expose("/<entity>/<int:rid>/transitions/<name>", methods=["POST"])
+    def transition(self, entity: str, rid: int, name: str) -> Any:
+        """A flow button of the detail page: take the transition (with the comment box's text)."""
+        principal = self._principal()
+        if principal is None:
+            return _login_redirect()
+        svc = services()
+        _spec_or_404(entity)
+        back = redirect(url_for("RecordPages.detail", entity=entity, rid=rid))
+        try:
+            out = svc.flows.transition(principal, entity, rid, name, request.form.get("comment"), expected_version=request.form.get("version") or None)
+        except FinCRMError as exc:
+            if exc.status == 404 and exc.code == "not_found" and not exc.details:
+                abort(404)
+            reasons = "；".join(translate(str(d.get("message", "")), lang()) for d in exc.details if d.get("field") == "comment")
+            flash(_t("操作未完成：", "Not done: ") + translate(exc.message, lang()) + (f"（{_t('审批意见', 'comment')}：{reasons}）" if reasons else ""), "danger")
+            return back
+        result = out["transition"]
+        flow = next((f for f in svc.flows.flows(svc.runtime.cached_snapshot(), entity) if f.name == result["flow"]), None)
+        t = flow.transition(name) if flow else None
+        state = flow.state(result["to"]) if flow else None
+        if result["moved"]:
+            flash(
+                _t(f"已{t.label.zh if t else name}，当前状态：{state.label.zh if state else result['to']}", f"{t.label.en if t else name}: now {state.label.en if state else result['to']}"),
+                "success",
+            )
+        else:
+            flash(_t("已记录您的审批意见，还需其他审批人同意", "Your approval is recorded; another approver must approve too"), "info")
+        return back
 
     @expose("/<entity>/new", methods=["GET", "POST"])
     def create(self, entity: str) -> Any:
@@ -312,7 +352,12 @@ class RecordPages(BaseView):
         view = svc.records.view(principal, entity)
         # only what this role may write; masked values are never put into inputs (saving the
         # form would write the mask back): their input starts empty and empty means "keep"
-        fields = [f for f in spec.live_fields if not f.readonly and view.access[f.name].write and view.access[f.name].view != "hidden"]
+        # a flow's state field moves only through the detail page's buttons
+        flow_fields = {fl.field for fl in svc.flows.flows(svc.runtime.cached_snapshot(), entity)}
+        fields = [
+            f for f in spec.live_fields
+            if not f.readonly and view.access[f.name].write and view.access[f.name].view != "hidden" and f.name not in flow_fields
+        ]
         masked = {f.name: "" for f in fields if view.access[f.name].view == "masked"}
         if rid is not None:
             record = svc.records.get(principal, entity, rid)
@@ -371,6 +416,11 @@ class RecordPages(BaseView):
         except FinCRMError as exc:
             flash(translate(exc.message, lang()), "danger")
         return redirect(url_for("RecordPages.detail", entity=entity, rid=rid))
+
+
+def _role_labels() -> dict[str, str]:
+    """Role names as people read them (approver slots on the flow panel)."""
+    return {d["name"]: (d.get("label") or {}).get(lang()) or d["name"] for d in services().roles.documents()}
 
 
 def _form_groups(spec: EntitySpec, fields: list[FieldSpec]) -> list[tuple[Any, list[FieldSpec]]]:
@@ -540,11 +590,14 @@ def nav_items() -> list[dict[str, Any]]:
     path = request.path
     items = []
 
-    def add(key: str, href: str, zh: str, en: str, icon: str) -> None:
+    def add(key: str, href: str, zh: str, en: str, icon: str, badge: str | None = None) -> None:
         if href in rules or href.startswith("/e/"):
-            items.append({"key": key, "href": href, "label": _t(zh, en), "icon": icon, "active": path.startswith(href) and href != "/"})
+            items.append({"key": key, "href": href, "label": _t(zh, en), "icon": icon, "active": path.startswith(href) and href != "/", "badge": badge})
 
     add("mywork", "/mywork/", "我的工作", "My work", "fa-briefcase")
+    if "/notifications/" in rules:
+        unread = svc.notifications.unread_badge(principal)  # counted at most every 30 s per user
+        add("notifications", "/notifications/", "通知", "Notifications", "fa-bell", (f"{unread}" if unread < 100 else "99+") if unread else None)
     if svc.authz.scope_of(principal, "customer", "read") is not None:
         add("customers", "/e/customer/", "客户", "Customers", "fa-users")
     add("objects", "/e/", "业务对象", "Objects", "fa-th")
