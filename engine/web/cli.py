@@ -120,8 +120,20 @@ def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) ->
     if not no_serve:
         from werkzeug.serving import run_simple
 
-        # Flask refuses app.run() inside its own CLI; serve with Werkzeug directly (threaded)
-        run_simple(host, port, app, threaded=True, use_reloader=False)
+        from engine.flows.jobs import default_worker, job_interval, make_scheduler, run_pass
+
+        # the embedded default: the jobs pass (triggers, SLA escalation, notifications) runs
+        # in this process on APScheduler, now and every FINCRM_JOBS_INTERVAL seconds
+        svc = app.extensions["fincrm"]
+        seconds = job_interval()
+        scheduler = make_scheduler(lambda: run_pass(svc.runtime, svc.records, worker=default_worker()), seconds, blocking=False)
+        scheduler.start()
+        click.echo(f"jobs: a pass now and every {seconds:g}s in this process (APScheduler)")
+        try:
+            # Flask refuses app.run() inside its own CLI; serve with Werkzeug directly (threaded)
+            run_simple(host, port, app, threaded=True, use_reloader=False)
+        finally:
+            scheduler.shutdown(wait=False)
 
 
 @main.command("init")

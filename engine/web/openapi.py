@@ -172,6 +172,12 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
                     "responses": {"200": {"description": "The record and its flow state"}, **errors},
                 }
             },
+            "/api/v1/notifications": {"get": {"summary": "Your notifications, newest first (?unread=1, ?before=<id>)", "responses": errors}},
+            "/api/v1/notifications/{id}/read": {"post": {"summary": "Mark one of your notifications read", "responses": errors}},
+            "/api/v1/notifications/read-all": {"post": {"summary": "Mark all your notifications read", "responses": errors}},
+            "/api/v1/outbox": {"get": {"summary": "Outbound messages and dead letters (?status=), for operations", "responses": errors}},
+            "/api/v1/outbox/{id}/retry": {"post": {"summary": "Queue a failed or dead message again", "responses": errors}},
+            "/api/v1/tasks/mine": {"get": {"summary": "Your open tasks: overdue, today, upcoming", "responses": errors}},
             **paths,
         },
     }
