@@ -36,23 +36,9 @@ from engine.security.policy import CasbinAuthorizer  # noqa: E402
 from engine.security.principal import Principal  # noqa: E402
 from engine.services.records import RecordService  # noqa: E402
 from engine.services.roles import RoleService  # noqa: E402
+from api_bench import reset  # noqa: E402  (bench/ is on the path when run as a script)
 
 RMS = 200
-
-
-def reset(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return
-    from sqlalchemy import create_engine
-
-    eng = create_engine(url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
 
 
 def seed(rt: Runtime, n: int) -> float:

@@ -63,6 +63,7 @@ from engine.security.authz import BasicAuthorizer  # noqa: E402
 from engine.security.crypto import Keyring  # noqa: E402
 from engine.security.org import set_staff  # noqa: E402
 from engine.services.records import RecordService  # noqa: E402
+from api_bench import reset  # noqa: E402  (bench/ is on the path when run as a script)
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/fincrm_trigger_bench"
 # The clock every pass runs on (naive UTC, like the engine's): 10:00 in Shanghai on 1 Nov 2026.
@@ -222,20 +223,6 @@ def phase_sql(d: Dialect, phase: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------- database plumbing
-
-
-def reset(url: str) -> None:
-    if url.startswith("sqlite:///"):
-        for suffix in ("", "-wal", "-shm"):
-            Path(url.removeprefix("sqlite:///") + suffix).unlink(missing_ok=True)
-        return
-    from sqlalchemy import create_engine
-
-    eng = create_engine(url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    eng.dispose()
 
 
 class Loader:

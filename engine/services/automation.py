@@ -32,13 +32,6 @@ class AutomationDocs:
         self.authz = authz
         self.meta = meta
 
-    def _may_configure(self, principal: Principal, entity: str) -> bool:
-        try:
-            self.authz.require(principal, entity, "configure")
-        except Forbidden:
-            return False
-        return True
-
     def _versions(self, kind: str) -> dict[str, int]:
         d = meta_doc_table
         with self.runtime.engine.connect() as conn:
@@ -55,7 +48,7 @@ class AutomationDocs:
         for (k, name), doc in sorted(docs.items()):
             if k != kind:
                 continue
-            if not self._may_configure(principal, str(doc["entity"])):
+            if not self.meta._may_configure(principal, str(doc["entity"])):
                 continue
             allowed = True
             item = {"name": name, "label": dict(doc["label"]), "entity": doc["entity"], "version": versions.get(name, 0), "source": "runtime" if name in versions else "core"}
