@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from ..errors import BadRequest, Forbidden, MetadataInvalid, NotFound
+from ..errors import BadRequest, MetadataInvalid, NotFound
 from ..meta.schema import schema_errors
 from ..runtime import Runtime
 from ..security.authz import Authorizer
