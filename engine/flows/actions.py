@@ -28,7 +28,7 @@ from ..store.query import field_expr
 from ..store.tables import tag_table
 from .conditions import local_today
 from .outbox import DEFAULT_CHANNEL, enqueue_many
-from .spec import ActionSpec, customer_field
+from .spec import CREATES, ActionSpec, customer_field
 
 if TYPE_CHECKING:
     from ..services.records import RecordService
@@ -143,65 +143,10 @@ def run_actions(
                 consenting = _consenting(conn, snap, targets, now)
             todo = [t for t in todo if t.customer_id in consenting]
         n = 0
-        if action.type == "create_task":
-            spec = snap.registry.entity("task")
-            due = now + dt.timedelta(days=action.due_in_days) if action.due_in_days is not None else None
-            payloads = [
-                _only_fields(
-                    spec,
-                    {
-                        "title": action.title.zh if action.title else label.zh,
-                        "customer": t.customer_id,
-                        "due_at": FIELD_TYPES["datetime"].dump(due) if due else None,
-                        "status": "open",
-                        "priority": action.priority,
-                        "owner": _assignee(action, t),
-                        "notes": (action.body.zh if action.body else None),
-                    },
-                )
-                for t in todo
-                if action.assign != "supervisor" or t.supervisor_id is not None
-            ]
-            n = _bulk(records, actor, "task", payloads, conn)
-        elif action.type == "create_opportunity":
-            spec = snap.registry.entity("opportunity")
-            due_date = today + dt.timedelta(days=action.due_in_days) if action.due_in_days is not None else None
-            payloads = [
-                _only_fields(
-                    spec,
-                    {
-                        "title": action.title.zh if action.title else label.zh,
-                        "customer": t.customer_id,
-                        "stage": "identified",
-                        "source": action.source,
-                        "due_date": due_date.isoformat() if due_date else None,
-                        "owner": _assignee(action, t),
-                    },
-                )
-                for t in todo
-                if t.customer_id is not None and (action.assign != "supervisor" or t.supervisor_id is not None)
-            ]
-            n = _bulk(records, actor, "opportunity", payloads, conn)
-        elif action.type == "open_ticket":
-            spec = snap.registry.entity("ticket")
-            payloads = [
-                _only_fields(
-                    spec,
-                    {
-                        "subject": action.title.zh if action.title else label.zh,
-                        "customer": t.customer_id,
-                        "category": action.category,
-                        "department": action.department,
-                        "status": "new",
-                        "description": action.body.zh if action.body else None,
-                        "opened_at": FIELD_TYPES["datetime"].dump(now),
-                        "owner": _assignee(action, t),
-                    },
-                )
-                for t in todo
-                if action.assign != "supervisor" or t.supervisor_id is not None
-            ]
-            n = _bulk(records, actor, "ticket", payloads, conn)
+        if action.type in CREATES:
+            spec = snap.registry.entity(CREATES[action.type])
+            payloads = [_only_fields(spec, v) for t in todo if (v := _new_record(action, label, t, now, today)) is not None]
+            n = _bulk(records, actor, spec.name, payloads, conn)
         elif action.type in ("add_tag", "remove_tag"):
             n = _tags(conn, snap, entity, action, todo, now)
         elif action.type == "notify":
@@ -228,6 +173,34 @@ def run_actions(
             n = _set_values(conn, records, snap, entity, action, todo, now, actor)
         counts[action.type] = counts.get(action.type, 0) + n
     return counts
+
+
+def _new_record(action: ActionSpec, label: Label, t: Target, now: dt.datetime, today: dt.date) -> dict[str, Any] | None:
+    """The task, opportunity or ticket a create action makes for ``t`` (None: none for this one:
+    supervisor work when the owner has no supervisor, an opportunity without a customer)."""
+    if action.assign == "supervisor" and t.supervisor_id is None:
+        return None
+    title = (action.title or label).zh
+    body = action.body.zh if action.body else None
+    common = {"customer": t.customer_id, "owner": _assignee(action, t)}
+    if action.type == "create_task":
+        due = now + dt.timedelta(days=action.due_in_days) if action.due_in_days is not None else None
+        due_at = FIELD_TYPES["datetime"].dump(due) if due else None
+        return {**common, "title": title, "due_at": due_at, "status": "open", "priority": action.priority, "notes": body}
+    if action.type == "create_opportunity":
+        if t.customer_id is None:
+            return None
+        due_date = today + dt.timedelta(days=action.due_in_days) if action.due_in_days is not None else None
+        return {**common, "title": title, "stage": "identified", "source": action.source, "due_date": due_date.isoformat() if due_date else None}
+    return {
+        **common,
+        "subject": title,
+        "category": action.category,
+        "department": action.department,
+        "status": "new",
+        "description": body,
+        "opened_at": FIELD_TYPES["datetime"].dump(now),
+    }
 
 
 def _bulk(records: "RecordService", actor: Principal, entity: str, payloads: list[dict[str, Any]], conn: Connection) -> int:
@@ -270,10 +243,10 @@ def _set_values(
     col_values = {k: v for k, v in values.items() if k not in json_values}
     n = 0
     names = list(values)
+    v = records.view(actor, entity, snap)
     for chunk in _chunks([t.record_id for t in targets]):
         rows = conn.execute(select(table).where(table.c.id.in_(list(chunk)))).all()
         for row in rows:
-            v = records.view(actor, entity, snap)
             before = records._stored_values(v, row._mapping, names)
             changes = records._changes(v, before, values)
             if not changes:

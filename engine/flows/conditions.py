@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any, Callable, Mapping
 
 from sqlalchemy import Table
@@ -45,8 +46,6 @@ def compiled_condition(
     table = snap.tables[spec.name]
     joins = AggregateJoins(snap=snap, spec=spec, table=table, context=make)
     ctx = make(spec, table)
-    from dataclasses import replace
-
     joins.prepare(condition)  # aggregates over the same table share one scan
     clause = compile_filter(replace(ctx, aggregate=joins), dict(condition))
     return clause, joins
