@@ -162,7 +162,7 @@ def _action_errors(registry: Registry, spec: EntitySpec, actions: list[Mapping[s
         created = CREATES.get(kind)
         if created and created not in registry.entities:
             errors.append({"pointer": where + "/type", "message": f"needs the {created!r} entity"})
-        owner_reachable = bool(spec.owner_field) or customer_field(spec) not in (None,)
+        owner_reachable = bool(spec.owner_field) or customer_field(spec) is not None
         if (created or kind == "notify") and not owner_reachable and a.get("to", "owner") != "customer":
             errors.append({"pointer": where, "message": f"{spec.name} records have no owner to assign to"})
         if created and created in registry.entities:

@@ -43,13 +43,10 @@ class IdAllocator:
         insert inside one): they are not cached, as a rollback gives them back."""
         if n <= 0:
             return []
-        t = id_alloc_table
-        row = conn.execute(update(t).where(t.c.name == name).values(next_id=t.c.next_id + n).returning(t.c.next_id)).first()
-        if row is None:
-            conn.execute(insert(t).values(name=name, next_id=1 + n))
+        end = _advance(conn, name, n)
+        if end is None:
+            conn.execute(insert(id_alloc_table).values(name=name, next_id=1 + n))
             end = 1 + n
-        else:
-            end = int(row[0])
         return list(range(end - n, end))
 
     def _reserve(self, name: str, count: int) -> int:
@@ -57,11 +54,9 @@ class IdAllocator:
         t = id_alloc_table
         for _ in range(3):
             with self.engine.begin() as conn:
-                row = conn.execute(
-                    update(t).where(t.c.name == name).values(next_id=t.c.next_id + count).returning(t.c.next_id)
-                ).first()
-                if row is not None:
-                    return int(row[0])
+                end = _advance(conn, name, count)
+                if end is not None:
+                    return end
             try:
                 with self.engine.begin() as conn:
                     conn.execute(insert(t).values(name=name, next_id=1 + count))
@@ -81,3 +76,10 @@ class IdAllocator:
                 conn.execute(update(t).where(t.c.name == name).values(next_id=max_id + 1))
         with self._lock:
             self._ranges.pop(name, None)
+
+
+def _advance(conn: Connection, name: str, count: int) -> int | None:
+    """Move ``name``'s counter on by ``count``; the new (exclusive) end, or None if it has no row yet."""
+    t = id_alloc_table
+    row = conn.execute(update(t).where(t.c.name == name).values(next_id=t.c.next_id + count).returning(t.c.next_id)).first()
+    return None if row is None else int(row[0])
