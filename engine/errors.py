@@ -18,7 +18,9 @@ it to one HTTP status and one ``code`` in one place (``engine.web.errors``)::
     ├── PayloadTooLarge              413 payload_too_large
     ├── ValidationFailed             422 validation_error    invalid values; details name fields
     │   └── MetadataInvalid          422 metadata_invalid    details carry JSON pointers
-    └── RateLimited                  429 rate_limited
+    ├── RateLimited                  429 rate_limited
+    └── BackupError                  400 backup_refused      bundle missing, tampered, for another
+                                                             database or keyring (``fincrm restore``)
 
 ``details`` is a list of ``{"field": …, "message": …}`` (metadata errors use ``"pointer"``).
 Messages never carry the rejected value itself: it may be a customer's personal data.
@@ -45,6 +47,7 @@ __all__ = [
     "ValidationFailed",
     "MetadataInvalid",
     "RateLimited",
+    "BackupError",
     "FieldError",
 ]
 
@@ -127,3 +130,9 @@ class MetadataInvalid(ValidationFailed):
 
 class RateLimited(FinCRMError):
     status, code = 429, "rate_limited"
+
+
+class BackupError(FinCRMError):
+    """A backup could not be written, or a bundle was refused before anything was replaced."""
+
+    status, code = 400, "backup_refused"

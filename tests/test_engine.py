@@ -338,3 +338,27 @@ def test_free_text_keeps_chinese_punctuation_while_codes_fold_to_ascii() -> None
     complaint = "客户反映，排队（超过1小时）：要求整改！"
     assert FIELD_TYPES["text"].normalize(complaint, f("text")) == complaint
     assert FIELD_TYPES["string"].normalize("ＡＢ１２", f("string", pattern="[A-Z0-9]+")) == "AB12"
+
+
+def test_mobile_range_check_agrees_with_phonenumbers_full_parse() -> None:
+    """The mobile-range pattern in fieldtypes gives the verdict parse + is_valid_number + number_type give."""
+    import random
+
+    import phonenumbers
+
+    from engine.fieldtypes import _mobile_range_assigned
+
+    def full(text: str) -> bool:
+        try:
+            n = phonenumbers.parse(text, "CN")
+        except phonenumbers.NumberParseException:
+            return False
+        return phonenumbers.is_valid_number(n) and phonenumbers.number_type(n) in (
+            phonenumbers.PhoneNumberType.MOBILE,
+            phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+        )
+
+    rng = random.Random(11)
+    for _ in range(5000):
+        text = "1" + str(rng.randrange(3, 10)) + f"{rng.randrange(10**9):09d}"
+        assert _mobile_range_assigned(text) == full(text), text

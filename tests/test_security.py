@@ -4,6 +4,7 @@ audit chain, break-glass, consent, and the web hygiene that Flask-AppBuilder lea
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 from pathlib import Path
@@ -75,6 +76,15 @@ def _rm2s_inbox_and_task(app: Any, world: dict[str, Any], theirs: int) -> None:
         svc.records.bulk_insert(Principal.system("test"), "task", [{"title": "回访rm2的客户", "customer": theirs, "status": "open", "due_at": overdue, "owner": rm2}])
 
 
+def _rm2s_import_job(client: Any, login: Any) -> int:
+    """A dry run of rm2's: a file named after and holding rm2's customer."""
+    data = "姓名,手机号\nrm2的客户乙,13900139000\n".encode()
+    form = {"dry_run": "1", "file": (io.BytesIO(data), "rm2的客户.csv")}
+    resp = client.post("/api/v1/import/customer", headers=login("rm2"), data=form, content_type="multipart/form-data")
+    assert resp.status_code in (201, 202), resp.get_data(as_text=True)
+    return int(resp.json["id"])
+
+
 # ------------------------------------------------------------------ row scope on every read route
 
 # Every GET route under /api/v1/records, /api/v1/export and /e/ (and POST …/query), with how the
@@ -101,6 +111,15 @@ READ_ROUTES = {
     "/api/v1/notifications": "notifications",
     "/api/v1/tasks/mine": "tasks_mine",
     "/notifications/": "page_notifications",
+    "/api/v1/quality/<entity>": "quality_report",
+    "/api/v1/quality/<entity>/duplicates": "quality_duplicates",
+    "/api/v1/quality/merges/<int:merge_id>": "quality_merge",
+    "/api/v1/import/jobs": "api_import",
+    "/api/v1/import/jobs/<job_id>": "api_import",
+    "/api/v1/import/jobs/<job_id>/errors": "api_import",
+    "/import/": "page_import",
+    "/import/jobs": "page_import",
+    "/import/jobs/<int:job_id>/columns": "page_import",
 }
 
 
@@ -238,7 +257,46 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
         denied = client.post(f"/api/v1/access-requests/{req.json['id']}/approve", headers=rm1)
         assert denied.status_code in (403, 404)
         bodies += [listed.get_data(as_text=True), got.get_data(as_text=True)]
+    elif kind in ("quality_report", "quality_duplicates", "quality_merge"):
+        # a second customer of rm2's with the same mobile: a duplicate pair only rm2 and admin see
+        twin = client.post("/api/v1/records/customer", json={"name": "rm2的客户乙", "mobile": "13900139000", "branch": world["branches"]["SH01"]}, headers=login("rm2"))
+        assert twin.status_code == 201, twin.json
+        if kind == "quality_report":
+            resp = client.get("/api/v1/quality/customer", headers=rm1)
+            assert resp.status_code == 200 and resp.json["total"] == 1
+            assert all(theirs not in r.get("sample_ids", []) for r in resp.json["rules"])
+        elif kind == "quality_duplicates":
+            seen = client.get("/api/v1/quality/customer/duplicates?rule=same_mobile", headers=login("admin")).json["rules"][0]["groups"]
+            assert [len(g["records"]) for g in seen] == [2]
+            resp = client.get("/api/v1/quality/customer/duplicates", headers=rm1)
+            assert resp.status_code == 200 and all(r.get("groups", []) == [] for r in resp.json["rules"])
+        else:
+            merged = client.post("/api/v1/quality/customer/merge", json={"survivor": theirs, "merged": [twin.json["id"]]}, headers=login("admin"))
+            assert merged.status_code == 201, merged.json
+            resp = client.get(f"/api/v1/quality/merges/{merged.json['merge']['id']}", headers=rm1)
+            assert resp.status_code in (403, 404)
+        bodies.append(resp.get_data(as_text=True))
+    elif kind == "api_import":
+        rm2_job = _rm2s_import_job(client, login)
+        listed = client.get("/api/v1/import/jobs", headers=rm1)
+        assert listed.status_code == 200 and all(j["id"] != rm2_job for j in listed.json["items"])
+        bodies.append(listed.get_data(as_text=True))
+        for path in (f"/api/v1/import/jobs/{rm2_job}", f"/api/v1/import/jobs/{rm2_job}/errors"):
+            resp = client.get(path, headers=rm1)
+            assert resp.status_code == 404
+            bodies.append(resp.get_data(as_text=True))
+        # an upsert keyed on rm2's customer's ID number: refused like a create, nothing changed
+        data = "姓名,身份证号,手机号,职业\n冒名,440106199001010013,13700137000,间谍\n".encode()
+        form = {"mode": "upsert", "dedupe": "update", "file": (io.BytesIO(data), "upsert.csv")}
+        job = client.post("/api/v1/import/customer", headers=rm1, data=form, content_type="multipart/form-data")
+        assert job.status_code == 201 and job.json["counts"]["updated"] == 0 and job.json["counts"]["errors"] == 1, job.json
+        errors = client.get(job.json["errors_url"], headers=rm1)
+        assert "is already used by another record" in errors.get_data(as_text=True)
+        bodies.append(job.get_data(as_text=True))  # (the error file shows rm1's own cell, masked)
+        after = client.get(f"/api/v1/records/customer/{theirs}", headers=login("rm2")).json
+        assert after["version"] == 1 and after["occupation"] != "间谍"
     else:
+        rm2_job = _rm2s_import_job(client, login) if kind == "page_import" else 0
         _page_session(client, "rm1")
         paths = {
             "pages_index": ["/e/"],
@@ -249,6 +307,7 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             "page_c360": [f"/c360/{theirs}", f"/c360/{world['customers']['rm1']}"],
             "page_mywork": ["/mywork/"],
             "page_notifications": ["/notifications/", "/notifications/?unread=1"],
+            "page_import": ["/import/", "/import/jobs", f"/import/jobs/{rm2_job}/columns"],
         }[kind]
         for path in paths:
             resp = client.get(path)

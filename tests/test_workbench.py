@@ -316,7 +316,7 @@ def test_the_role_matrix_edit_takes_export_away_from_relationship_managers_at_on
     assert admin.get("/api/v1/export/customer?format=csv", headers=rm1).status_code == 403
     assert admin.get(CUSTOMERS, headers=rm1).status_code == 200
     doc = admin.get("/api/v1/meta/roles/relationship_manager", headers=login("admin")).json
-    assert doc["fields"] and {"entity": "customer", "actions": ["read", "create", "update"], "scope": "own"} in doc["grants"]
+    assert doc["fields"] and {"entity": "customer", "actions": ["read", "create", "update", "import"], "scope": "own"} in doc["grants"]
     changes = _audit(admin, login, "role_change")
     assert changes and changes[0]["detail"]["role"] == "relationship_manager"
     assert _selects(_text(admin.get(path)))["scope__customer__export"] == ""

@@ -49,7 +49,7 @@ COMMENT_MAX = 2000
 # Membership lives in Flask-AppBuilder's tables; the engine reads them with Core (it never
 # imports Flask). Not part of the system metadata: FAB creates and owns them.
 _fab = MetaData()
-_ab_user = Table("ab_user", _fab, Column("id", Integer, primary_key=True), Column("username", String(64)), Column("active", Boolean))
+ab_user_table = Table("ab_user", _fab, Column("id", Integer, primary_key=True), Column("username", String(64)), Column("active", Boolean))
 _ab_role = Table("ab_role", _fab, Column("id", Integer, primary_key=True), Column("name", String(64)))
 _ab_user_role = Table("ab_user_role", _fab, Column("id", Integer, primary_key=True), Column("user_id", Integer), Column("role_id", Integer))
 
@@ -635,11 +635,11 @@ class FlowEngine:
         holders = [
             r.id
             for r in conn.execute(
-                select(_ab_user.c.id)
-                .join(_ab_user_role, _ab_user_role.c.user_id == _ab_user.c.id)
+                select(ab_user_table.c.id)
+                .join(_ab_user_role, _ab_user_role.c.user_id == ab_user_table.c.id)
                 .join(_ab_role, _ab_role.c.id == _ab_user_role.c.role_id)
-                .where(_ab_role.c.name == role, _ab_user.c.active.is_not(False))
-                .order_by(_ab_user.c.id)
+                .where(_ab_role.c.name == role, ab_user_table.c.active.is_not(False))
+                .order_by(ab_user_table.c.id)
             )
         ]
         targets = list(targets)

@@ -21,7 +21,7 @@ from celery import Celery
 
 from .jobs import default_worker, job_interval, parse_moment, run_pass
 
-__all__ = ["celery", "make_celery", "TASK_NAME", "broker_url", "queue_name", "run_pass_task"]
+__all__ = ["celery", "make_celery", "TASK_NAME", "broker_url", "queue_name", "run_pass_task", "run_import_task", "IMPORT_TASK"]
 
 TASK_NAME = "fincrm.jobs.run_pass"
 DEFAULT_QUEUE = "fincrm"
@@ -67,6 +67,7 @@ celery = make_celery()
 
 _lock = threading.Lock()
 _services: Any = None
+_app: Any = None
 
 
 def _fincrm_services() -> Any:
@@ -78,7 +79,9 @@ def _fincrm_services() -> Any:
                 # the wiring lives in app.create_app(): settings, runtime, authorizer, services
                 from app import create_app
 
-                _services = create_app().extensions["fincrm"]
+                global _app
+                _app = create_app()
+                _services = _app.extensions["fincrm"]
     return _services
 
 
@@ -87,3 +90,16 @@ def run_pass_task(now: str | None = None) -> dict[str, Any]:
     """One jobs pass (``now``: ISO 8601, default the current time); the pass's report."""
     svc = _fincrm_services()
     return run_pass(svc.runtime, svc.records, now=parse_moment(now), worker=f"celery:{default_worker()}")
+
+
+IMPORT_TASK = "fincrm.import"
+
+
+@celery.task(name=IMPORT_TASK)  # type: ignore[untyped-decorator]
+def run_import_task(job_id: int, user_id: int | None) -> dict[str, Any]:
+    """Run an uploaded import job as the user who started it."""
+    _fincrm_services()
+    from engine.web.imports_api import run_job_in_app
+
+    job = run_job_in_app(_app, job_id, user_id)
+    return {"job": job_id, "status": job["status"] if job else "not claimed"}

@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from ..errors import FieldError, MetadataInvalid, NotFound
+from ..errors import FieldError, InvalidFilter, MetadataInvalid, NotFound
 from ..fieldtypes import FIELD_TYPES
 from .schema import METADATA_DIR, pointer, schema_errors
-from .spec import SYSTEM_FIELDS, EntitySpec, FieldSpec, Label, Option, RelationSpec, SectionSpec, TagSetSpec
+from .spec import (
+    SYSTEM_FIELDS,
+    DedupeKeySpec,
+    DedupeSpec,
+    EntitySpec,
+    FieldSpec,
+    FuzzyDedupeSpec,
+    Label,
+    MergeSpec,
+    Option,
+    RelationSpec,
+    RuleSpec,
+    SectionSpec,
+    TagSetSpec,
+)
 
 __all__ = ["Registry", "build_registry", "load_core_documents", "merge_entity", "freeze_field", "RESERVED_NAMES"]
 
@@ -119,11 +133,15 @@ def build_registry(
         raise MetadataInvalid("metadata is invalid", errors)
 
     entities: dict[str, EntitySpec] = {}
+    broken: set[str] = set()
     for name, doc in entity_docs.items():
         spec, errs = _freeze_entity(doc)
         errors += [{"pointer": f"/entity/{name}" + e["pointer"], "message": e["message"]} for e in errs]
         entities[name] = spec
+        if errs:
+            broken.add(name)
     errors += _cross_checks(entities)
+    errors += _rule_filter_errors(entities, broken)
     if errors:
         raise MetadataInvalid("metadata is invalid", errors)
     return Registry(
@@ -227,6 +245,10 @@ def _freeze_entity(doc: Mapping[str, Any]) -> tuple[EntitySpec, list[dict[str, s
         icon=doc.get("icon"),
         retention_years=doc.get("retention_years"),
     )
+    if not errors and any(k in doc for k in ("rules", "dedupe", "merge")):
+        quality, quality_errors = _freeze_quality(doc, spec)
+        errors += quality_errors
+        spec = replace(spec, **quality)
     return spec, errors
 
 
@@ -261,4 +283,163 @@ def _cross_checks(entities: Mapping[str, EntitySpec]) -> list[dict[str, str]]:
                 errors.append(
                     {"pointer": f"/entity/{name}/relations/{i}", "message": f"{rel.entity}.{rel.field} is not a reference to {name}"}
                 )
+    return errors
+
+
+# ---------------------------------------------------------------- data-quality metadata
+
+# Merge rules that pick among values by order or length need types that have one.
+_ORDERED_TYPES = frozenset({"integer", "decimal", "date", "datetime"})
+_LENGTH_TYPES = frozenset({"string", "text"})
+
+
+def _freeze_quality(doc: Mapping[str, Any], spec: EntitySpec) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Logic rules, duplicate definitions and survivorship of an entity, checked against it:
+    every field named must be live (rule filters are compiled once every entity is frozen)."""
+    errors: list[dict[str, str]] = []
+    out: dict[str, Any] = {}
+
+    def live(name: str, where: str) -> FieldSpec | None:
+        f = spec.live_field(name)
+        if f is None:
+            errors.append({"pointer": where, "message": f"unknown field {name!r}"})
+        return f
+
+    rules: list[RuleSpec] = []
+    for i, r in enumerate(doc.get("rules", ())):
+        at = pointer(("rules", i))
+        if any(x.name == r["name"] for x in rules):
+            errors.append({"pointer": at + "/name", "message": f"duplicate rule {r['name']!r}"})
+        for j, name in enumerate(r["fields"]):
+            live(name, at + pointer(("fields", j)))
+        rules.append(
+            RuleSpec(
+                name=r["name"],
+                label=Label.of(r["label"], r["name"]),
+                message=Label.of(r["message"]),
+                fields=tuple(r["fields"]),
+                check=copy.deepcopy(r["check"]),
+                when=copy.deepcopy(r["when"]) if r.get("when") else None,
+                depends=tuple(sorted(_filter_fields(r.get("when") or {}) | _filter_fields(r["check"]))),
+            )
+        )
+    out["rules"] = tuple(rules)
+
+    if "dedupe" in doc:
+        seen: set[str] = set()
+
+        def group_name(name: str, where: str) -> None:
+            if name in seen:
+                errors.append({"pointer": where, "message": f"duplicate dedupe group {name!r}"})
+            seen.add(name)
+
+        def key_field(name: str, where: str) -> None:
+            f = live(name, where)
+            if f is None:
+                return
+            if f.type in ("multi_enum", "text"):
+                errors.append({"pointer": where, "message": f"{f.type} fields cannot be compared for duplicates"})
+            elif f.encrypted and not f.searchable:
+                errors.append({"pointer": where, "message": "an encrypted field needs a blind index (searchable: true) to find duplicates"})
+
+        keys = []
+        for i, k in enumerate(doc["dedupe"].get("keys", ())):
+            at = pointer(("dedupe", "keys", i))
+            group_name(k["name"], at + "/name")
+            for j, name in enumerate(k["fields"]):
+                key_field(name, at + pointer(("fields", j)))
+            keys.append(DedupeKeySpec(k["name"], Label.of(k["label"], k["name"]), tuple(k["fields"])))
+        fuzzy = []
+        for i, z in enumerate(doc["dedupe"].get("fuzzy", ())):
+            at = pointer(("dedupe", "fuzzy", i))
+            group_name(z["name"], at + "/name")
+            f = live(z["field"], at + "/field")
+            if f is not None and (f.type != "string" or f.encrypted):
+                errors.append({"pointer": at + "/field", "message": "fuzzy matching needs a string field that is not encrypted"})
+            for j, name in enumerate(z["same"]):
+                key_field(name, at + pointer(("same", j)))
+            fuzzy.append(
+                FuzzyDedupeSpec(
+                    z["name"], Label.of(z["label"], z["name"]), z["field"], tuple(z["same"]), float(z.get("threshold", 0.85)), int(z.get("prefix", 1))
+                )
+            )
+        out["dedupe"] = DedupeSpec(tuple(keys), tuple(fuzzy))
+
+    if "merge" in doc:
+        m = doc["merge"]
+        per_field = []
+        for name, rule in m.get("fields", {}).items():
+            where = pointer(("merge", "fields", name))
+            f = spec.field(name)
+            if f is None:
+                errors.append({"pointer": where, "message": f"unknown field {name!r}"})
+            elif f.archived:
+                continue  # archived fields are not merged; their rule simply drops out
+            elif rule in ("max", "min") and f.type not in _ORDERED_TYPES:
+                errors.append({"pointer": where, "message": f"{rule} needs a number, date or date-time field"})
+            elif rule == "longest" and f.type not in _LENGTH_TYPES:
+                errors.append({"pointer": where, "message": "longest needs a string or text field"})
+            else:
+                per_field.append((name, rule))
+        out["merge"] = MergeSpec(m.get("default", "non_empty"), tuple(per_field))
+    return out, errors
+
+
+def _filter_fields(node: Any) -> set[str]:
+    """Every field a filter document reads (a path ``ref.field`` reads ``ref``)."""
+    out: set[str] = set()
+    if isinstance(node, Mapping):
+        if isinstance(node.get("field"), str):
+            out.add(node["field"].split(".", 1)[0])
+        value = node.get("value")
+        if isinstance(value, Mapping) and isinstance(value.get("field"), str):
+            out.add(value["field"])
+        for key in ("and", "or"):
+            parts = node.get(key)
+            for part in parts if isinstance(parts, list) else ():
+                out |= _filter_fields(part)
+        if "not" in node:
+            out |= _filter_fields(node["not"])
+    return out
+
+
+def _rule_filter_errors(entities: Mapping[str, EntitySpec], broken: set[str]) -> list[dict[str, str]]:
+    """Every rule filter that does not compile against its entity (rules run as SQL, so a
+    broken one is refused here, not found by the first write). Paths (``product.type``) reach
+    one reference deep, as in triggers."""
+    # The filter compiler lives in store, which imports this module (for the Registry type):
+    # imported here, when documents are frozen, not when this module loads.
+    from sqlalchemy import MetaData, Table
+
+    from ..errors import FinCRMError
+    from ..store.query import FilterContext, compile_filter
+    from ..store.tables import entity_columns
+
+    if not any(spec.rules for name, spec in entities.items() if name not in broken):
+        return []
+
+    def no_encrypted_values(f: FieldSpec, value: Any) -> str:
+        raise InvalidFilter(f"rules test encrypted fields only with is_null ({f.name!r})", [{"field": f.name, "message": "only is_null"}])
+
+    md = MetaData()
+    tables = {name: Table(spec.table_name, md, *entity_columns(spec)) for name, spec in entities.items() if name not in broken}
+
+    def context(name: str) -> FilterContext:
+        if name not in entities or name in broken:
+            raise InvalidFilter(f"rules cannot look into {name!r} records", [{"field": name, "message": "unknown or invalid entity"}])
+        return FilterContext(spec=entities[name], table=tables[name], dialect="sqlite", blind_index=no_encrypted_values, related=context)
+
+    errors = []
+    for name, spec in entities.items():
+        if name in broken:
+            continue  # its own errors are listed; its rules are compiled once they are fixed
+        for i, rule in enumerate(spec.rules):
+            for key, node in (("when", rule.when), ("check", rule.check)):
+                if node is None:
+                    continue
+                try:
+                    compile_filter(context(name), dict(node))
+                except FinCRMError as exc:
+                    detail = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in exc.details[:3])
+                    errors.append({"pointer": f"/entity/{name}" + pointer(("rules", i, key)), "message": exc.message + (f" ({detail})" if detail else "")})
     return errors

@@ -9,7 +9,21 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-__all__ = ["Label", "Option", "FieldSpec", "RelationSpec", "SectionSpec", "EntitySpec", "SYSTEM_FIELDS"]
+__all__ = [
+    "Label",
+    "Option",
+    "FieldSpec",
+    "RelationSpec",
+    "SectionSpec",
+    "RuleSpec",
+    "DedupeKeySpec",
+    "FuzzyDedupeSpec",
+    "DedupeSpec",
+    "MergeSpec",
+    "MERGE_RULES",
+    "EntitySpec",
+    "SYSTEM_FIELDS",
+]
 
 # Columns every entity table has; never declared in metadata, never writable by clients.
 SYSTEM_FIELDS = ("id", "version", "created_at", "updated_at", "created_by", "updated_by", "retained_at")
@@ -107,6 +121,75 @@ class SectionSpec:
 
 
 @dataclass(frozen=True)
+class RuleSpec:
+    """A cross-field (logic) rule: a record that matches ``when`` must match ``check``.
+
+    Both are filter DSL documents, so rules run as SQL; ``fields`` are the fields an error is
+    reported on, ``depends`` every field the two filters read (an update re-checks the rule
+    only when it changes one of them)."""
+
+    name: str
+    label: Label
+    message: Label
+    fields: tuple[str, ...]
+    check: Mapping[str, Any] = field(compare=False)
+    when: Mapping[str, Any] | None = field(default=None, compare=False)
+    depends: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DedupeKeySpec:
+    """Records with equal values in all of ``fields`` are duplicates (encrypted fields compare
+    through their blind index)."""
+
+    name: str
+    label: Label
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FuzzyDedupeSpec:
+    """Records equal in ``same`` whose ``field`` (a name) is similar: bucketed in SQL by ``same``
+    and the first ``prefix`` characters of ``field``, compared in Python within a bucket."""
+
+    name: str
+    label: Label
+    field: str
+    same: tuple[str, ...]
+    threshold: float = 0.85
+    prefix: int = 1
+
+
+@dataclass(frozen=True)
+class DedupeSpec:
+    keys: tuple[DedupeKeySpec, ...] = ()
+    fuzzy: tuple[FuzzyDedupeSpec, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys) + tuple(f.name for f in self.fuzzy)
+
+
+# Survivorship rules of a merge: which value of a field the golden record keeps.
+MERGE_RULES = ("survivor", "non_empty", "most_recent", "max", "min", "longest")
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """Survivorship per field: ``fields`` maps a field to one of :data:`MERGE_RULES`; the
+    others follow ``default``."""
+
+    default: str = "non_empty"
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def rule_for(self, name: str) -> str:
+        for f, rule in self.fields:
+            if f == name:
+                return rule
+        return self.default
+
+
+@dataclass(frozen=True)
 class EntitySpec:
     name: str
     label: Label
@@ -122,6 +205,9 @@ class EntitySpec:
     indexes: tuple[tuple[str, ...], ...] = ()
     icon: str | None = None
     retention_years: int | None = None
+    rules: tuple[RuleSpec, ...] = ()
+    dedupe: DedupeSpec | None = None
+    merge: MergeSpec | None = None
     _by_name: Mapping[str, FieldSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -36,6 +36,7 @@ from ..security.authz import Authorizer, FieldAccess, effective_mask
 from ..security.consent import consent_clause
 from ..security.crypto import aad_for
 from ..security.masking import mask_value
+from ..quality.rules import check_written
 from ..security.principal import Principal
 from ..store.query import (
     FilterContext,
@@ -543,18 +544,26 @@ class RecordService:
                 if values[key] is None and f.required:
                     errors.append({"field": key, "message": "is required"})
         if creating:
-            for f in v.spec.live_fields:
-                if f.name in payload:
-                    continue
-                if f.default is not None:
-                    values[f.name] = FIELD_TYPES[f.type].normalize(f.default, f)
-                elif f.name == v.spec.owner_field and v.principal.user_id is not None:
-                    values[f.name] = v.principal.user_id
-                elif f.required:
-                    errors.append({"field": f.name, "message": "is required"})
+            self.complete_for_create(v, values, payload, errors)
         if errors:
             raise ValidationFailed(f"{v.spec.name} has invalid values", errors)
         return values
+
+    @staticmethod
+    def complete_for_create(
+        v: _View, values: dict[str, Any], given: Mapping[str, Any], errors: builtins.list[dict[str, str]], defaults: Mapping[str, Any] | None = None
+    ) -> None:
+        """Fields a new record gets without being given: defaults, the creator as owner;
+        required ones missing are errors. ``defaults``: the normalised defaults, if known."""
+        for f in v.spec.live_fields:
+            if f.name in given:
+                continue
+            if f.default is not None:
+                values[f.name] = defaults[f.name] if defaults is not None else FIELD_TYPES[f.type].normalize(f.default, f)
+            elif f.name == v.spec.owner_field and v.principal.user_id is not None:
+                values[f.name] = v.principal.user_id
+            elif f.required:
+                errors.append({"field": f.name, "message": "is required"})
 
     def _check_refs(self, conn: Connection, v: _View, values: Mapping[str, Any]) -> None:
         errors = []
@@ -563,7 +572,7 @@ class RecordService:
             if f is None or f.type != "ref" or value is None:
                 continue
             target = v.snap.tables[f.ref or ""]
-            found = conn.execute(select(target.c.id).where(target.c.id == value)).first()
+            found = conn.execute(select(target.c.id).where(target.c.id == value, target.c.retained_at.is_(None))).first()
             if found is None:
                 errors.append({"field": name, "message": f"no {f.ref} with this id"})
         if errors:
@@ -627,6 +636,7 @@ class RecordService:
             self._check_unique(conn, v, values, None)
             conn.execute(insert(v.table).values(**row))
             self._ensure_in_scope(conn, v, rid, "create")
+            check_written(conn, v.snap, v.spec, v.table, rid)  # cross-field rules, one statement
             self.audit(conn, principal, "create", entity, rid, {"changes": self._changes(v, {}, values)})
             self._org_changed(conn, entity)
             self._after_write(conn, v, [rid], "create")
@@ -658,6 +668,7 @@ class RecordService:
             if res.rowcount != 1:
                 raise VersionConflict(f"{entity} {rid} was changed by someone else; reload and try again")
             self._ensure_in_scope(conn, v, rid, "update")
+            check_written(conn, v.snap, v.spec, v.table, rid, values.keys())  # rules reading a changed field
             before = self._stored_values(v, current._mapping, values.keys())
             changes = self._changes(v, before, values)
             self.audit(conn, principal, "update", entity, rid, {"version": version + 1, "changes": changes})

@@ -8,6 +8,17 @@ One language for list filters, report filters, auto-tags, triggers and row condi
 Every field becomes an expression through :func:`field_expr`, wherever it is stored (a column
 or the ``ext`` JSON document), and every value is checked by its field type before it is bound
 as a parameter. Nothing from the request is ever spliced into SQL text.
+
+A condition may compare two fields of the same record instead of a field and a value::
+
+    {"field": "maturity_date", "op": "gt", "value": {"field": "start_date"}}
+
+Only ``eq ne lt lte gt gte``; both fields must be readable by the caller and neither encrypted;
+numbers (integer, decimal), dates and date-times compare in order with their own kind, other
+types only for (in)equality with the same type (references: to the same entity). An empty side
+makes the comparison unknown (no match), except ``ne``, which means "is distinct from". Values
+are brought to one form in SQL when the two fields are stored differently (a column and ``ext``;
+decimals of different scales on SQLite), so the comparison never depends on storage.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
 
-from sqlalchemy import Integer, Numeric, Table, and_, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
+from sqlalchemy import BigInteger, Date, DateTime, Integer, Numeric, Table, and_, cast, exists, false, func, literal, literal_column, not_, or_, select, true, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -161,6 +172,10 @@ def _compile(ctx: FilterContext, node: Any, depth: int, counter: list[int]) -> C
     if unknown:
         raise InvalidFilter(f"unknown key {sorted(unknown)[0]!r} in filter condition")
     name = node.get("field")
+    if isinstance(node.get("value"), dict) and "field" in node["value"]:
+        if isinstance(name, str) and "." in name:
+            raise InvalidFilter("a field comparison compares two fields of the same record", [{"field": name[:64], "message": "no paths here"}])
+        return _field_comparison(ctx, _field(ctx, name, "filter"), node.get("op", "eq"), node["value"])
     if isinstance(name, str) and "." in name and ctx.related is not None:
         return _path_condition(ctx, node, name, depth, counter)
     f = _field(ctx, name, "filter")
@@ -231,6 +246,82 @@ def _condition(ctx: FilterContext, f: FieldSpec, op: Any, value: Any) -> ColumnE
         "gte": lambda: expr >= v,
     }
     return compare[op]()
+
+
+FIELD_COMPARE_OPS = ("eq", "ne", "lt", "lte", "gt", "gte")
+# field types that compare in order, by kind (two fields compare in order only within a kind)
+_ORDERED_KIND = {"integer": "number", "decimal": "number", "date": "date", "datetime": "datetime"}
+# field types that two fields of the same type may compare for (in)equality
+_EQUALITY_TYPES = frozenset({"string", "enum", "email", "cn_mobile", "cn_id", "bank_card", "url", "boolean", "ref", "user"})
+
+
+def _field_comparison(ctx: FilterContext, f: FieldSpec, op: Any, value: Mapping[str, Any]) -> ColumnElement[bool]:
+    """``{"field": a, "op": "gt", "value": {"field": b}}``: two fields of one record compared."""
+    extra = set(value) - {"field"}
+    if extra:
+        raise InvalidFilter(f"unknown key {sorted(extra)[0]!r} in field comparison", [{"field": f.name, "message": "the value takes only 'field'"}])
+    other_name = value.get("field")
+    if not isinstance(other_name, str) or "." in other_name:
+        raise InvalidFilter("a field comparison names a field of the same record", [{"field": f.name, "message": "value.field must be a field name"}])
+    other = _field(ctx, other_name, "value")
+    if "tags" in (f.name, other.name) or f.encrypted or other.encrypted:
+        bad = f if f.name == "tags" or f.encrypted else other
+        raise InvalidFilter(f"{bad.name!r} cannot be compared with another field", [{"field": bad.name, "message": "tags and encrypted fields are not comparable"}])
+    kind = _ORDERED_KIND.get(f.type)
+    if kind is not None and kind == _ORDERED_KIND.get(other.type):
+        allowed: tuple[str, ...] = FIELD_COMPARE_OPS
+    elif f.type == other.type and f.type in _EQUALITY_TYPES and f.ref == other.ref:
+        allowed = ("eq", "ne")
+    else:
+        raise InvalidFilter(
+            f"{f.name!r} ({f.type}) and {other.name!r} ({other.type}) cannot be compared",
+            [{"field": f.name, "message": f"not comparable with {other.name!r}"}],
+        )
+    if not isinstance(op, str) or op not in allowed:
+        raise InvalidFilter(f"operator {op!r} cannot compare {f.name!r} with {other.name!r}", [{"field": f.name, "message": f"allowed: {list(allowed)}"}])
+    left, right = _comparable(ctx, f, other)
+    compare: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: left == right,
+        "ne": lambda: left.is_distinct_from(right),
+        "lt": lambda: left < right,
+        "lte": lambda: left <= right,
+        "gt": lambda: left > right,
+        "gte": lambda: left >= right,
+    }
+    return compare[op]()
+
+
+def _in_column(f: FieldSpec) -> bool:
+    return f.storage == "column" or f.name in _SYS
+
+
+def _comparable(ctx: FilterContext, a: FieldSpec, b: FieldSpec) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    """Expressions for two fields that compare correctly whatever their storage: JSON-stored
+    dates are ISO text (cast on PostgreSQL; on SQLite column dates are ISO text too, date-times
+    differ in form and go through ``datetime()``), and SQLite keeps column decimals as scaled
+    integers (brought to one scale)."""
+    ea, eb = field_expr(ctx.table, a), field_expr(ctx.table, b)
+    if a.type in ("date", "datetime"):
+        if _in_column(a) == _in_column(b):
+            return ea, eb
+        if ctx.dialect == "postgresql":
+            sql_type = Date() if a.type == "date" else DateTime()
+            return (ea if _in_column(a) else cast(ea, sql_type)), (eb if _in_column(b) else cast(eb, sql_type))
+        if a.type == "datetime":
+            return func.datetime(ea), func.datetime(eb)
+        return ea, eb
+    scaled = [f for f in (a, b) if f.type == "decimal" and _in_column(f)]
+    if ctx.dialect != "sqlite" or not scaled or (len(scaled) == 2 and a.scale == b.scale):
+        return ea, eb
+    unit = max(f.scale for f in (a, b) if f.type == "decimal")
+
+    def units(f: FieldSpec, e: ColumnElement[Any]) -> ColumnElement[Any]:
+        if not _in_column(f):  # a JSON number: exact after rounding at the finest scale in play
+            return func.round(type_coerce(e, Numeric()) * literal(10**unit, BigInteger()))
+        shift = unit - (f.scale if f.type == "decimal" else 0)
+        return type_coerce(e, BigInteger()) * literal(10**shift, BigInteger())
+
+    return units(a, ea), units(b, eb)
 
 
 def _path_condition(ctx: FilterContext, node: dict[str, Any], name: str, depth: int, counter: list[int]) -> ColumnElement[bool]:

@@ -233,6 +233,15 @@ def jobs_group() -> None:
     """Background jobs: scheduled triggers, SLA escalation, notification delivery."""
 
 
+def _resume_imports(app: Flask) -> list[dict[str, Any]]:
+    from engine.web.imports_api import resume_interrupted
+
+    resumed = resume_interrupted(app)
+    for job in resumed:
+        click.echo(f"import job {job['id']} resumed: {job['status']}, {job['counts']}")
+    return resumed
+
+
 def _echo_pass(report: dict[str, Any]) -> None:
     """One line per job: status, time and the counts it reported."""
     for job in report["jobs"]:
@@ -260,6 +269,7 @@ def jobs_run(now: str | None, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--now") from None
     svc = current_app.extensions["fincrm"]
     report = run_pass(svc.runtime, svc.records, now=moment, worker=f"cli:{default_worker()}")
+    report["imports_resumed"] = _resume_imports(current_app._get_current_object())  # type: ignore[attr-defined]
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=1))
     else:
@@ -291,11 +301,13 @@ def _scheduler_worker(seconds: float) -> None:
 
     from engine.flows.jobs import default_worker, make_scheduler, run_pass
 
-    svc = _create_app().extensions["fincrm"]
+    app = _create_app()
+    svc = app.extensions["fincrm"]
     name = f"worker:{default_worker()}"
 
     def one_pass() -> None:
         report = run_pass(svc.runtime, svc.records, worker=name)
+        report["imports_resumed"] = _resume_imports(app)
         click.echo(f"jobs pass {'ok' if report['ok'] else 'FAILED: ' + ', '.join(report['failed'])} at {report['now']}")
         _echo_pass(report)
 
@@ -358,6 +370,12 @@ def run(host: str, port: int, workers: int) -> None:
             return create_app()
 
     _Server().run()
+
+
+from . import cli_backup, cli_import  # noqa: E402  (their commands join ``main``)
+
+cli_backup.add_commands(main)
+cli_import.add_commands(main)
 
 
 def register_cli(app: Flask) -> None:

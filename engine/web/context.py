@@ -40,6 +40,7 @@ class Services:
     flows: FlowEngine = field(init=False)
     automation: AutomationDocs = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
+    importer: Any = None  # engine.io.importer.Importer, made on first use (it needs the data dir)
 
     def __post_init__(self) -> None:
         self.records = RecordService(self.runtime, self.authz)

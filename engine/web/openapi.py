@@ -178,6 +178,41 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
             "/api/v1/outbox": {"get": {"summary": "Outbound messages and dead letters (?status=), for operations", "responses": errors}},
             "/api/v1/outbox/{id}/retry": {"post": {"summary": "Queue a failed or dead message again", "responses": errors}},
             "/api/v1/tasks/mine": {"get": {"summary": "Your open tasks: overdue, today, upcoming", "responses": errors}},
+            "/api/v1/import/{entity}": {
+                "post": {
+                    "summary": "Import a CSV/XLSX file as a job (201 finished, 202 running; 413 too large)",
+                    "requestBody": {
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["file"],
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"},
+                                        "mode": {"enum": ["insert", "upsert"]},
+                                        "dedupe": {"enum": ["skip", "update", "error"]},
+                                        "key": {"type": "string"},
+                                        "dry_run": {"type": "boolean"},
+                                        "on_error": {"enum": ["skip_row", "abort"]},
+                                        "batch_size": {"type": "integer", "minimum": 1, "maximum": 50000},
+                                        "mapping": {"type": "string", "description": 'JSON {"column header": "field" or null}'},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {"201": {"description": "The finished job"}, "202": {"description": "The running job"}, **errors},
+                }
+            },
+            "/api/v1/import/jobs": {"get": {"summary": "Your import jobs, newest first", "responses": errors}},
+            "/api/v1/import/jobs/{id}": {"get": {"summary": "An import job: status, progress, counts, masked preview", "responses": errors}},
+            "/api/v1/import/jobs/{id}/errors": {"get": {"summary": "The job's errors as CSV: row, column, masked value, message", "responses": errors}},
+            "/api/v1/export/{entity}": {"get": {"summary": "Export in your scope, masked and formula-safe (?format=csv|xlsx&filter=&sort=&fields=&lang=)", "responses": errors}},
+            "/api/v1/quality/{entity}": {"get": {"summary": "Data-quality report: rule violations and completeness per field, in your scope", "responses": errors}},
+            "/api/v1/quality/{entity}/duplicates": {"get": {"summary": "Duplicate groups (same ID / mobile, similar name + birth date), masked", "responses": errors}},
+            "/api/v1/quality/{entity}/merge": {"post": {"summary": "Merge records into a golden record (survivorship rules, references re-pointed)", "responses": errors}},
+            "/api/v1/quality/merges/{id}": {"get": {"summary": "A merge and what it changed", "responses": errors}},
+            "/api/v1/quality/merges/{id}/undo": {"post": {"summary": "Undo a merge exactly (409 if the survivor changed since)", "responses": errors}},
             **paths,
         },
     }

@@ -1,0 +1,1287 @@
+"""Import CSV/XLSX files into any entity: mapped, cleaned, validated, deduplicated, batched.
+
+A job is a row in ``fincrm_import_job``; the file it reads stays on disk beside it. Running a
+job reads the file in batches (1,000 rows by default) and commits each batch in one transaction
+together with its errors and the job's progress (``rows_done``): a process killed at any moment
+leaves whole batches or nothing, and ``run`` on the same job continues after the last committed
+batch. With ``on_error=abort`` the whole file is one transaction: all rows or none.
+
+Per row: cells are coerced per field type (full-width → half-width, thousands separators,
+``2024/1/2`` and ``2024年1月2日`` dates, enum labels such as 男/女, ``是``/``否``, references by id or
+by the target's title, users by username), then validated by the same code the API uses
+(:meth:`RecordService._check_payload`), encrypted and blind-indexed by the same code too. A
+cell that looks like a spreadsheet formula (``=…``, ``@…``) is refused: import files are data.
+
+Duplicates: the job's key (``key``, default the entity's first unique field, matched through the
+blind index when encrypted) is looked up within the file and in the database, in the writer's
+update scope. ``mode=insert`` with ``dedupe`` skip | update | error decides what happens to a
+row whose key already exists; ``mode=upsert`` updates matches and inserts the rest (``dedupe``
+then only governs repeats within the file). Empty cells never clear a stored value on update.
+Other unique fields are checked against the file and the database before writing.
+
+After a batch is written, one query finds rows the writer may not hold (owner/branch outside
+their create/update scope) and rows breaking the entity's cross-field rules; the batch is
+rolled back and written again without them, and they become row errors. On PostgreSQL new rows
+stream through ``COPY``; on SQLite they go in one ``executemany``. Errors keep the row number,
+the column header, the value masked as the field's mask rule says, and the message; the error
+file is a CSV built from them, formula-safe.
+"""
+
+from __future__ import annotations
+
+import csv
+import collections
+import datetime as dt
+import functools
+import multiprocessing
+import io
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import unicodedata
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    not_,
+    or_,
+    select,
+    update,
+)
+
+from ..errors import BadRequest, FieldError, FinCRMError, Forbidden, NotFound, ValidationFailed
+from ..fieldtypes import FIELD_TYPES
+from ..flows.approval import ab_user_table
+from ..meta.spec import EntitySpec, FieldSpec
+from ..runtime import utcnow
+from ..security.authz import effective_mask
+from ..security.masking import mask_value
+from ..security.principal import Principal
+from ..services.records import RecordService, _View
+from ..sqltypes import JsonDoc
+from ..store.query import field_expr
+from ..store.sets import member_of
+from ..store.tables import system_metadata
+from .export import neutralise
+from .sources import MAX_CELL, Source, header_text, open_source
+
+__all__ = [
+    "Importer",
+    "ImportOptions",
+    "import_job_table",
+    "import_error_table",
+    "MODES",
+    "DEDUPE",
+    "ON_ERROR",
+]
+
+MODES = ("insert", "upsert")
+DEDUPE = ("skip", "update", "error")
+ON_ERROR = ("skip_row", "abort")
+PREVIEW_ROWS = 20
+MAX_ERRORS = 100_000  # kept per job; the count goes on beyond it
+STALE_SECONDS = 300  # a running job with no heartbeat for this long was interrupted
+
+import_job_table = Table(
+    "fincrm_import_job",
+    system_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("entity", String(63), nullable=False),
+    Column("status", String(16), nullable=False),  # queued running done failed
+    Column("options", JsonDoc, nullable=False),
+    Column("mapping", JsonDoc, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("filename", String(255), nullable=False),
+    Column("format", String(8), nullable=False),
+    Column("encoding", String(16), nullable=True),
+    Column("fingerprint", String(64), nullable=True),  # size:mtime of the file, checked on resume
+    Column("total_rows", Integer, nullable=True),
+    Column("rows_done", Integer, nullable=False, default=0),
+    Column("counts", JsonDoc, nullable=False),
+    Column("preview", JsonDoc, nullable=True),
+    Column("message", Text, nullable=True),
+    Column("created_by", Integer, nullable=True),
+    Column("created_by_name", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime, nullable=True),
+    Column("finished_at", DateTime, nullable=True),
+    Column("heartbeat", DateTime, nullable=True),
+    Column("worker", String(64), nullable=True),
+    Index("ix_fincrm_import_job_creator", "created_by", "id"),
+)
+
+import_error_table = Table(
+    "fincrm_import_error",
+    system_metadata,
+    Column("job_id", Integer, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("row", Integer, nullable=False),
+    Column("column", String(255), nullable=True),
+    Column("value", Text, nullable=True),
+    Column("message", Text, nullable=False),
+)
+
+_COUNT_KEYS = ("rows", "inserted", "updated", "skipped", "errors")
+_TEXTUAL = frozenset({"string", "text", "email", "url", "enum", "multi_enum"})
+_SPLIT = re.compile(r"[,，;；、|]")
+_DATE = re.compile(r"(\d{4})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?", re.ASCII)
+_DATETIME = re.compile(r"(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})[ T](\d{1,2}):(\d{2})(?::(\d{2}))?", re.ASCII)
+_NUMBER_NOISE = str.maketrans("", "", ",，¥￥ \u00a0")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    mode: str = "insert"
+    dedupe: str = "skip"
+    key: str | None = None
+    dry_run: bool = False
+    on_error: str = "skip_row"
+    batch_size: int = 1000
+    mapping: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> "ImportOptions":
+        """Options from a form or a JSON job document; every problem is a 400 naming the option."""
+        errors = []
+        known = {"mode", "dedupe", "key", "dry_run", "on_error", "batch_size", "mapping"}
+        for name in raw:
+            if name not in known:
+                errors.append({"field": str(name)[:64], "message": "unknown option"})
+        mode = raw.get("mode") or "insert"
+        dedupe = raw.get("dedupe") or "skip"
+        on_error = raw.get("on_error") or "skip_row"
+        if mode not in MODES:
+            errors.append({"field": "mode", "message": "must be insert or upsert"})
+        if dedupe not in DEDUPE:
+            errors.append({"field": "dedupe", "message": "must be skip, update or error"})
+        if on_error not in ON_ERROR:
+            errors.append({"field": "on_error", "message": "must be skip_row or abort"})
+        key = raw.get("key") or None
+        if key is not None and (not isinstance(key, str) or len(key) > 63):
+            errors.append({"field": "key", "message": "must be a field name"})
+        dry = raw.get("dry_run", False)
+        dry_run = dry if isinstance(dry, bool) else str(dry).strip().lower() in ("1", "true", "yes", "on")
+        batch = raw.get("batch_size", 1000)
+        try:
+            batch_size = int(batch)
+            if not 1 <= batch_size <= 50_000:
+                raise ValueError
+        except (TypeError, ValueError):
+            errors.append({"field": "batch_size", "message": "must be an integer from 1 to 50000"})
+            batch_size = 1000
+        mapping = raw.get("mapping") or {}
+        if isinstance(mapping, str):
+            try:
+                mapping = json.loads(mapping)
+            except ValueError:
+                errors.append({"field": "mapping", "message": "must be a JSON object {column header: field name or null}"})
+                mapping = {}
+        if not isinstance(mapping, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in mapping.items()):
+            errors.append({"field": "mapping", "message": "must be a JSON object {column header: field name or null}"})
+            mapping = {}
+        if errors:
+            raise BadRequest("invalid import options", errors)
+        return cls(mode, dedupe, key, dry_run, on_error, batch_size, {header_text(k): v for k, v in mapping.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "dedupe": self.dedupe, "key": self.key, "dry_run": self.dry_run,
+            "on_error": self.on_error, "batch_size": self.batch_size, "mapping": self.mapping,
+        }
+
+
+@dataclass(frozen=True)
+class _Column:
+    index: int
+    header: str
+    field: FieldSpec | None  # None: the record id column
+
+
+@dataclass
+class _Plan:
+    view: _View
+    columns: list[_Column]
+    key: FieldSpec | None  # None: match on the record id
+    key_column: _Column | None
+    uniques: list[FieldSpec]
+    users: dict[str, int]
+    ref_titles: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # normalised field defaults, once per run
+    headers: dict[str, str] = field(default_factory=dict)  # field name → its column's header
+
+
+@dataclass
+class _Row:
+    number: int
+    cells: dict[str, Any]  # field name → coerced value (id column under "id")
+    values: dict[str, Any] = field(default_factory=dict)  # normalised, validated
+    key: Any = None
+    target: int | None = None  # existing record to update; -1 skipped; a new id once inserted
+    inserted: bool = False
+    merged: bool = False  # a later duplicate's cells were merged into this row
+    errors: list[tuple[str | None, Any, str]] = field(default_factory=list)  # (header, raw, message)
+
+
+@dataclass
+class _State:
+    """What a run carries from batch to batch."""
+
+    counts: dict[str, int]
+    seen: dict[Any, int]  # key → first row number (within-file duplicates)
+    seq: int  # last error sequence number written
+    preview: list[dict[str, Any]]
+    deferred: list[dict[str, Any]] = field(default_factory=list)  # errors of a one-transaction run
+    rows_done: int = 0
+
+
+class _Title(str):
+    """A reference cell given as the target's title, resolved per batch."""
+
+
+class _Redo(Exception):
+    def __init__(self, bad: dict[int, str]) -> None:
+        self.bad = bad
+
+
+class _DryRun(Exception):
+    pass
+
+
+class _Abort(Exception):
+    pass
+
+
+def _key_text(header: str) -> str:
+    return re.sub(r"[\s*＊]+", "", unicodedata.normalize("NFKC", header)).casefold()
+
+
+class Importer:
+    """Creates, runs and reports import jobs for the records service's entities."""
+
+    def __init__(self, records: RecordService, data_dir: Path) -> None:
+        self.records = records
+        self.runtime = records.runtime
+        self.dir = data_dir / "imports"
+
+    # ------------------------------------------------------------------ jobs
+
+    def create(
+        self,
+        principal: Principal,
+        entity: str,
+        path: Path,
+        filename: str,
+        options: ImportOptions,
+        *,
+        keep: bool = True,
+    ) -> dict[str, Any]:
+        """Check the file and the mapping (400 on anything file-level), then store a queued job.
+
+        ``keep``: the job owns ``path`` (an uploaded file moved into the data dir); otherwise
+        the job reads the caller's file in place (the CLI)."""
+        self._require(principal, entity, options)
+        src = open_source(path)
+        v = self.records.view(principal, entity)
+        columns, key, unmapped = self._columns(v, src.headers, options)
+        mapping: dict[str, str | None] = {c.header: (c.field.name if c.field else "id") for c in columns}
+        mapping.update({h: None for h in unmapped})  # shown as ignored; the run ignores them too
+        now = utcnow()
+        with self.runtime.begin() as conn:
+            job_id = conn.execute(
+                insert(import_job_table).values(
+                    entity=entity, status="queued", options=options.to_dict(), mapping=mapping, source=str(path),
+                    filename=filename[:255], format=src.format, encoding=src.encoding, rows_done=0,
+                    counts={k: 0 for k in _COUNT_KEYS}, created_by=principal.user_id, created_by_name=principal.username,
+                    created_at=now,
+                ).returning(import_job_table.c.id)
+            ).scalar_one()
+            if keep:
+                target = self.dir / str(job_id) / ("source." + src.format)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                conn.execute(update(import_job_table).where(import_job_table.c.id == job_id).values(source=str(target), fingerprint=_fingerprint(target)))
+            else:
+                conn.execute(update(import_job_table).where(import_job_table.c.id == job_id).values(fingerprint=_fingerprint(path)))
+            self.records.audit(conn, principal, "import_start", entity, None, {"job": job_id, "file": filename[:255], **options.to_dict()})
+        return self.job(principal, job_id)
+
+    def job(self, principal: Principal, job_id: Any) -> dict[str, Any]:
+        row = self._job_row(principal, job_id)
+        return self._job_dict(row)
+
+    def jobs(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
+        t = import_job_table
+        stmt = select(t).order_by(t.c.id.desc()).limit(limit)
+        if not principal.is_system and "admin" not in principal.roles:
+            stmt = stmt.where(t.c.created_by == principal.user_id)
+        with self.runtime.engine.connect() as conn:
+            return [self._job_dict(r) for r in conn.execute(stmt)]
+
+    def _job_row(self, principal: Principal, job_id: Any) -> Any:
+        try:
+            jid = int(job_id)
+        except (TypeError, ValueError):
+            raise NotFound("import job not found") from None
+        with self.runtime.engine.connect() as conn:
+            row = conn.execute(select(import_job_table).where(import_job_table.c.id == jid)).first()
+        # another user's job is as absent as a missing one (admins and the system see all)
+        if row is None or not (principal.is_system or "admin" in principal.roles or row.created_by == principal.user_id):
+            raise NotFound("import job not found")
+        return row
+
+    @staticmethod
+    def _job_dict(row: Any) -> dict[str, Any]:
+        dump = FIELD_TYPES["datetime"].dump
+        return {
+            "id": row.id,
+            "entity": row.entity,
+            "status": row.status,
+            "filename": row.filename,
+            "format": row.format,
+            "encoding": row.encoding,
+            "options": row.options,
+            "mapping": row.mapping,
+            "total_rows": row.total_rows,
+            "rows_done": row.rows_done,
+            "counts": row.counts,
+            "preview": row.preview,
+            "message": row.message,
+            "created_by": row.created_by_name,
+            "created_at": dump(row.created_at),
+            "started_at": dump(row.started_at) if row.started_at else None,
+            "finished_at": dump(row.finished_at) if row.finished_at else None,
+            "errors_url": f"/api/v1/import/jobs/{row.id}/errors",
+        }
+
+    def errors_csv(self, principal: Principal, job_id: Any) -> Iterator[bytes]:
+        """The job's errors as a CSV (UTF-8 with BOM): row, column, value (masked), message."""
+        row = self._job_row(principal, job_id)
+        t = import_error_table
+
+        def generate() -> Iterator[bytes]:
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(["行号 row", "列 column", "值 value", "错误 message"])
+            yield b"\xef\xbb\xbf" + buf.getvalue().encode("utf-8")
+            last = 0
+            while True:
+                with self.runtime.engine.connect() as conn:
+                    rows = conn.execute(select(t).where(t.c.job_id == row.id, t.c.seq > last).order_by(t.c.seq).limit(2000)).all()
+                if not rows:
+                    return
+                buf.seek(0)
+                buf.truncate()
+                for e in rows:
+                    writer.writerow([e.row, neutralise(e.column or ""), neutralise(e.value or ""), neutralise(e.message)])
+                last = rows[-1].seq
+                yield buf.getvalue().encode("utf-8")
+
+        return generate()
+
+    def claim(self, job_id: int, *, force: bool = False) -> bool:
+        """Mark a queued (or interrupted) job running for this process; False if someone else has it."""
+        t = import_job_table
+        now = utcnow()
+        stale = now - dt.timedelta(seconds=STALE_SECONDS)
+        cond = or_(t.c.status == "queued", and_(t.c.status == "running", or_(t.c.heartbeat.is_(None), t.c.heartbeat < stale)))
+        if force:
+            cond = t.c.status.in_(("queued", "running"))
+        with self.runtime.begin() as conn:
+            res = conn.execute(
+                update(t).where(t.c.id == job_id, cond).values(status="running", heartbeat=now, worker=f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            )
+            if res.rowcount != 1:
+                return False
+            conn.execute(update(t).where(t.c.id == job_id, t.c.started_at.is_(None)).values(started_at=now))
+        return True
+
+    def interrupted(self) -> list[tuple[int, int | None]]:
+        """(job, creator) of uploaded jobs whose process died: running with a heartbeat older
+        than ``STALE_SECONDS``, or queued that long (CLI jobs are resumed with ``--resume``)."""
+        t = import_job_table
+        stale = utcnow() - dt.timedelta(seconds=STALE_SECONDS)
+        owned = t.c.source.startswith(str(self.dir))
+        cond = or_(and_(t.c.status == "running", t.c.heartbeat < stale), and_(t.c.status == "queued", t.c.created_at < stale))
+        with self.runtime.engine.connect() as conn:
+            return [(r.id, r.created_by) for r in conn.execute(select(t.c.id, t.c.created_by).where(cond, owned).order_by(t.c.id))]
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, principal: Principal, job_id: int, progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+        """Run (or resume) a claimed job to the end as ``principal`` (its creator)."""
+        t = import_job_table
+        with self.runtime.engine.connect() as conn:
+            job = conn.execute(select(t).where(t.c.id == job_id)).first()
+        if job is None:
+            raise NotFound("import job not found")
+        options = ImportOptions.parse(dict(job.options))
+        try:
+            self._require(principal, job.entity, options)
+            if not Path(job.source).is_file() or (job.fingerprint and _fingerprint(Path(job.source)) != job.fingerprint):
+                raise BadRequest("the import file is gone or changed since the job started", [{"field": "file", "message": "changed"}])
+            src = open_source(Path(job.source))
+            total = src.count()
+            with self.runtime.begin() as conn:
+                conn.execute(update(t).where(t.c.id == job_id).values(total_rows=total, heartbeat=utcnow()))
+            counts = self._execute(principal, job, options, src, total, progress)
+        except FinCRMError as exc:
+            self._finish(job_id, "failed", None, exc.message)
+            self._audit_end(principal, job, "failed", exc.message)
+            return self.job(principal, job_id)
+        failed = options.on_error == "abort" and counts["errors"] > 0
+        status = "failed" if failed else "done"
+        message = f"{counts['errors']} rows have errors: nothing was imported" if failed else None
+        self._finish(job_id, status, counts, message)
+        self._audit_end(principal, job, status, message, counts)
+        return self.job(principal, job_id)
+
+    def _finish(self, job_id: int, status: str, counts: dict[str, int] | None, message: str | None) -> None:
+        values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "heartbeat": utcnow(), "message": message}
+        if counts is not None:
+            values["counts"] = counts
+        with self.runtime.begin() as conn:
+            conn.execute(update(import_job_table).where(import_job_table.c.id == job_id).values(**values))
+
+    def _audit_end(self, principal: Principal, job: Any, status: str, message: str | None, counts: dict[str, int] | None = None) -> None:
+        with self.runtime.begin() as conn:
+            self.records.audit(conn, principal, "import_end", job.entity, None, {"job": job.id, "status": status, "message": message, "counts": counts})
+
+    def _require(self, principal: Principal, entity: str, options: ImportOptions) -> None:
+        authz = self.records.authz
+        authz.require(principal, entity, "import")
+        authz.require(principal, entity, "create" if options.mode == "insert" and options.dedupe != "update" else "update")
+        if options.mode == "upsert" or options.dedupe == "update":
+            authz.require(principal, entity, "create")
+
+    def _columns(self, v: _View, headers: list[str], options: ImportOptions) -> tuple[list[_Column], FieldSpec | None, list[str]]:
+        """Map headers to fields: the explicit mapping first, then field name, zh and en labels."""
+        spec = v.spec
+        by_key: dict[str, str] = {"id": "id", "编号": "id"}
+        for f in spec.live_fields:
+            for text in (f.name, f.label.zh, f.label.en):
+                by_key.setdefault(_key_text(text), f.name)
+                # "资产规模(AUM)" is also matched by "资产规模"
+                bare = re.sub(r"\(.*?\)", "", unicodedata.normalize("NFKC", text))
+                if bare.strip():
+                    by_key.setdefault(_key_text(bare), f.name)
+        errors: list[dict[str, str]] = []
+        for header, target in options.mapping.items():
+            if target is not None and target != "id" and spec.live_field(target) is None:
+                errors.append({"field": f"mapping.{header[:64]}", "message": f"unknown field {target[:64]!r}"})
+            if header not in headers:
+                errors.append({"field": f"mapping.{header[:64]}", "message": "no such column in the file"})
+        columns: list[_Column] = []
+        seen_headers: dict[str, int] = {}
+        used: dict[str, str] = {}
+        unmapped: list[str] = []
+        for i, header in enumerate(headers):
+            if not header:
+                continue
+            if header in options.mapping:
+                target = options.mapping[header]
+            else:
+                target = by_key.get(_key_text(header))
+            if header in seen_headers and target is not None:
+                errors.append({"field": header[:64], "message": f"duplicate column header (columns {seen_headers[header] + 1} and {i + 1})"})
+                continue
+            seen_headers[header] = i
+            if target is None:
+                unmapped.append(header)
+                continue
+            if target in used:
+                errors.append({"field": header[:64], "message": f"maps to {target!r} like column {used[target]!r}"})
+                continue
+            used[target] = header
+            col_field = None if target == "id" else spec.live_field(target)
+            if col_field is not None:
+                acc = v.access[col_field.name]
+                if not acc.write or col_field.readonly:
+                    errors.append({"field": header[:64], "message": f"field {col_field.name!r} is read-only for you"})
+                    continue
+            if target == "id" or col_field is not None:
+                columns.append(_Column(i, header, col_field))
+        key = self._key(spec, options, used, errors)
+        if options.mode == "insert" and options.dedupe != "update":
+            for f in spec.live_fields:
+                if f.required and f.default is None and f.name not in used and f.name != spec.owner_field:
+                    errors.append({"field": f.name, "message": f"required field {f.label.zh} / {f.label.en} has no column"})
+        if not columns:
+            errors.append({"field": "file", "message": "no column matches a field of " + spec.name})
+        if errors:
+            raise BadRequest("the file's columns cannot be imported as they are", errors)
+        return columns, key, unmapped
+
+    @staticmethod
+    def _key(spec: EntitySpec, options: ImportOptions, used: dict[str, str], errors: list[dict[str, str]]) -> FieldSpec | None:
+        """The field rows are matched on: ``key``, else the first unique field with a column, else id."""
+        if options.key is not None:
+            if options.key == "id":
+                if "id" not in used:
+                    errors.append({"field": "key", "message": "the file has no id column"})
+                return None
+            f = spec.live_field(options.key)
+            if f is None or not f.unique:
+                errors.append({"field": "key", "message": "must be id or a unique field"})
+                return None
+            if f.name not in used:
+                errors.append({"field": "key", "message": f"the file has no column for {f.name!r}"})
+            return f
+        for f in spec.live_fields:
+            if f.unique and f.name in used:
+                return f
+        if options.mode == "upsert" and "id" not in used:
+            errors.append({"field": "key", "message": "upsert needs a key: an id column or a unique field"})
+        return None
+
+    def _execute(
+        self, principal: Principal, job: Any, options: ImportOptions, src: Source, total: int, progress: Callable[[int, int | None], None] | None
+    ) -> dict[str, int]:
+        v = self.records.view(principal, job.entity)
+        columns, key, _ = self._columns(v, src.headers, replace(options, mapping=dict(job.mapping)))
+        plan = _Plan(
+            view=v, columns=columns, key=key, key_column=next((c for c in columns if (c.field is key if key else c.field is None)), None),
+            uniques=[f for f in v.spec.live_fields if f.unique],
+            users=self._users() if any(c.field is not None and c.field.type == "user" for c in columns) else {},
+        )
+        plan.defaults = {f.name: FIELD_TYPES[f.type].normalize(f.default, f) for f in v.spec.live_fields if f.default is not None}
+        plan.headers = {c.field.name: c.header for c in columns if c.field is not None}
+        atomic = options.on_error == "abort"
+        done = 0 if atomic else int(job.rows_done)  # a one-transaction run starts again from the top
+        state = _State(
+            counts={k: 0 if atomic else int(job.counts.get(k, 0)) for k in _COUNT_KEYS},
+            seen={}, seq=self._last_error_seq(job.id), preview=[] if atomic else list(job.preview or []), rows_done=done,
+        )
+        if atomic:
+            with self.runtime.begin() as conn:  # a restarted one-transaction run reports afresh
+                conn.execute(delete(import_error_table).where(import_error_table.c.job_id == job.id))
+                conn.execute(update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=0, preview=None))
+            state.seq = 0
+        outer = self.runtime.begin() if atomic else None
+        conn_outer: Connection | None = outer.__enter__() if outer is not None else None
+        try:
+            self._pipeline(plan, job, options, _batches(src.rows(), done, options.batch_size), state, conn_outer, progress, total)
+            if outer is not None and (state.counts["errors"] or options.dry_run):
+                raise _Abort()
+        except _Abort:
+            assert outer is not None
+            outer.__exit__(_Abort, _Abort(), None)
+            outer = None
+            if not options.dry_run:
+                state.counts["inserted"] = state.counts["updated"] = 0
+        except BaseException as exc:
+            if outer is not None:
+                outer.__exit__(type(exc), exc, exc.__traceback__)
+                outer = None
+            raise
+        finally:
+            if outer is not None:
+                outer.__exit__(None, None, None)
+        if atomic:
+            with self.runtime.begin() as conn:
+                for chunk in _chunks(state.deferred, 1000):
+                    conn.execute(insert(import_error_table), chunk)
+                conn.execute(
+                    update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=state.rows_done, counts=state.counts, preview=state.preview)
+                )
+        return state.counts
+
+    # ------------------------------------------------------------------ one batch
+
+    def _pipeline(
+        self,
+        plan: _Plan,
+        job: Any,
+        options: ImportOptions,
+        batches: Iterator[list[tuple[int, list[Any]]]],
+        state: "_State",
+        outer: Connection | None,
+        progress: Callable[[int, int | None], None] | None,
+        total: int,
+    ) -> None:
+        """Prepare batch k+1 in this thread while a writer thread commits batch k.
+
+        The database does its share of the work (COPY, index maintenance, commit) while Python
+        parses and validates the next rows: the driver releases the GIL while it waits. One
+        batch is in flight at a time, so commits stay in file order and a crash loses at most
+        the batch being written (whole, by its transaction)."""
+        inbox: queue.Queue[tuple[list[_Row], int] | None] = queue.Queue(maxsize=1)
+        failure: list[BaseException] = []
+
+        def writer() -> None:
+            while True:
+                item = inbox.get()
+                if item is None:
+                    return
+                if failure:
+                    continue  # drain: the first failure stops the run
+                try:
+                    self._commit(plan, job, options, item[0], item[1], state, outer)
+                    if progress:
+                        progress(state.rows_done, total)
+                except BaseException as exc:  # handed to the main thread, re-raised there
+                    failure.append(exc)
+
+        workers = parse_workers(total - state.rows_done)
+        pool = None
+        if workers > 1:
+            # forkserver: workers never inherit this process's threads, locks or connections
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_worker_init, initargs=(plan.columns, plan.users))
+        thread = threading.Thread(target=writer, name=f"fincrm-import-{job.id}", daemon=True)
+        # The writer mostly waits on the database; after each wait it needs the GIL back from
+        # the busy parsing thread, which by default keeps it for up to 5 ms (the "convoy"
+        # effect): a batch's dozen round trips would cost 50 µs a row. A 0.1 ms switch interval
+        # for the run measured 5,200 → 7,400 rows/s on PostgreSQL (bench/import_bench.py).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0001))
+        thread.start()
+        try:
+            for raw, rows in self._parsed(plan, batches, pool, workers):
+                if failure:
+                    break
+                inbox.put((self._prepare(plan, options, rows, state), len(raw)))
+        finally:
+            inbox.put(None)
+            thread.join()
+            sys.setswitchinterval(interval)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        if failure:
+            raise failure[0]
+
+    def _parsed(
+        self, plan: _Plan, batches: Iterator[list[tuple[int, list[Any]]]], pool: ProcessPoolExecutor | None, workers: int
+    ) -> Iterator[tuple[list[tuple[int, list[Any]]], list[_Row]]]:
+        """(raw batch, parsed rows) in file order; with a pool, a few batches parse ahead."""
+        if pool is None:
+            for raw in batches:
+                yield raw, [self._parse(plan, number, cells) for number, cells in raw]
+            return
+        ahead: collections.deque[tuple[list[tuple[int, list[Any]]], Future[list[_Row]]]] = collections.deque()
+        for raw in batches:
+            ahead.append((raw, pool.submit(_worker_parse, raw)))
+            if len(ahead) > workers:
+                first, fut = ahead.popleft()
+                yield first, fut.result()
+        while ahead:
+            first, fut = ahead.popleft()
+            yield first, fut.result()
+
+    def _prepare(self, plan: _Plan, options: ImportOptions, rows: list[_Row], state: "_State") -> list[_Row]:
+        """Everything about a parsed batch that needs no write: references, matches, conflicts."""
+        self._resolve_titles(plan, rows)
+        self._match(plan, options, [r for r in rows if not r.errors], state.seen)
+        for row in rows:
+            if row.errors or row.target == -1:
+                continue
+            if row.merged:  # a duplicate's cells were merged in: check the result again
+                self._revalidate(plan, row)
+            if row.target is None and not row.errors:  # new records get defaults; required fields must be there
+                self._complete(plan, row)
+        self._unique_conflicts(plan, [r for r in rows if not r.errors and r.target != -1])
+        return rows
+
+    def _commit(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], raw_count: int, state: "_State", outer: Connection | None) -> None:
+        """Write a prepared batch in one transaction (a savepoint of ``outer``) with its errors
+        and the job's progress; rows the post-write checks reject are dropped and it is redone."""
+        while True:
+            todo = [r for r in rows if not r.errors and r.target != -1]
+            written: dict[str, list[_Row]] = {"inserted": [], "updated": []}
+            try:
+                if outer is not None:
+                    with outer.begin_nested() as sp:
+                        written = self._write(plan, job, options, todo, outer)
+                        if options.dry_run:
+                            sp.rollback()
+                    self._progress(None, job.id, rows, state, written, raw_count, plan)
+                else:
+                    with self.runtime.begin() as conn:
+                        written = self._write(plan, job, options, todo, conn)
+                        if options.dry_run:
+                            raise _DryRun()
+                        self._progress(conn, job.id, rows, state, written, raw_count, plan)
+            except _Redo as redo:
+                for row in rows:
+                    if row.number in redo.bad:
+                        row.errors.append((None, None, redo.bad[row.number]))
+                        row.target = None
+                for row in todo:
+                    if row.number not in redo.bad and row.inserted:
+                        row.target, row.inserted = None, False  # its id was given back with the rollback
+                continue
+            except _DryRun:
+                with self.runtime.begin() as conn:
+                    self._progress(conn, job.id, rows, state, written, raw_count, plan)
+            return
+
+    def _parse(self, plan: _Plan, number: int, cells: list[Any]) -> _Row:
+        return _parse_row(plan.columns, plan.users, number, cells)
+
+    @staticmethod
+    def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
+        _normalize(row, col, f, value)
+
+    def _resolve_titles(self, plan: _Plan, rows: list[_Row]) -> None:
+        """Reference cells given as titles (e.g. a branch name) become ids, within the writer's
+        read scope of the target; unknown or ambiguous titles are row errors."""
+        wanted: dict[str, set[str]] = {}
+        for row in rows:
+            for name, value in row.cells.items():
+                if isinstance(value, _Title):
+                    f = plan.view.spec.field(name)
+                    assert f is not None and f.ref is not None
+                    if (f.ref, str(value)) not in plan.ref_titles:
+                        wanted.setdefault(name, set()).add(str(value))
+        for name, titles in wanted.items():
+            f = plan.view.spec.field(name)
+            assert f is not None and f.ref is not None
+            target = self.records.view(plan.view.principal, f.ref)
+            title = target.spec.live_field(target.spec.title_field or "")
+            found: dict[str, list[int]] = {}
+            if title is not None and not title.encrypted and target.clear(title):
+                expr = field_expr(target.table, title)
+                with self.runtime.engine.connect() as conn:
+                    for chunk in _chunks(sorted(titles), 500):
+                        stmt = select(target.table.c.id, expr.label("title")).where(member_of(expr, chunk, self.runtime.dialect), target.scope())
+                        for r in conn.execute(stmt):
+                            found.setdefault(str(r.title), []).append(r.id)
+            for text in titles:
+                ids = found.get(text, [])
+                plan.ref_titles[(f.ref, text)] = ids[0] if len(ids) == 1 else (-len(ids) if ids else None)
+        for row in rows:
+            for name, value in list(row.cells.items()):
+                if not isinstance(value, _Title):
+                    continue
+                f = plan.view.spec.field(name)
+                assert f is not None and f.ref is not None
+                rid = plan.ref_titles.get((f.ref, str(value)))
+                header = next(c.header for c in plan.columns if c.field is f)
+                if rid is None:
+                    row.errors.append((header, _shown(f, value), f"no {f.ref} has this name (within what you may read)"))
+                elif rid < 0:
+                    row.errors.append((header, _shown(f, value), f"{-rid} {f.ref} records have this name: give the id"))
+                else:
+                    row.cells[name] = row.values[name] = rid
+
+    def _revalidate(self, plan: _Plan, row: _Row) -> None:
+        """Values again from the cells (after a later duplicate's cells were merged in)."""
+        row.values = {}
+        for col in plan.columns:
+            f = col.field
+            if f is not None and row.cells.get(f.name) is not None:
+                self._normalize(row, col, f, row.cells[f.name])
+
+    def _complete(self, plan: _Plan, row: _Row) -> None:
+        """A new record's defaults and owner; required fields it lacks are errors (the cells
+        were validated by ``_parse``, which already reported required fields left empty)."""
+        errors: list[dict[str, str]] = []
+        self.records.complete_for_create(plan.view, row.values, row.values, errors, plan.defaults)
+        for d in errors:
+            row.errors.append((plan.headers.get(d["field"], d["field"]), None, d["message"]))
+
+    def _match(self, plan: _Plan, options: ImportOptions, rows: list[_Row], seen: dict[Any, int]) -> None:
+        """Within-file and database duplicates of the key, then the other unique fields."""
+        v = plan.view
+        key = plan.key
+        keyed: list[_Row] = []
+        by_key: dict[Any, _Row] = {}
+        for row in rows:
+            if key is None:
+                row.key = row.cells.get("id")
+            else:
+                value = row.values.get(key.name)
+                row.key = None if value is None else (self.records.blind_index_for(v.spec)(key, value) if key.encrypted else FIELD_TYPES[key.type].dump(value))
+            if row.key is None:
+                if options.mode == "upsert" and key is None:
+                    row.errors.append((plan.key_column.header if plan.key_column else "id", None, "the key is empty"))
+                continue
+            first = by_key.get(row.key)
+            earlier = seen.get(row.key)
+            if first is not None or earlier is not None:
+                where = first.number if first is not None else earlier
+                if options.dedupe == "error":
+                    row.errors.append((plan.key_column.header if plan.key_column else None, _shown(key, row.cells.get(key.name if key else "id")), f"duplicate of row {where}"))
+                    continue
+                if options.dedupe == "skip":
+                    row.target = -1
+                    continue
+                if first is not None:  # update: the later row's non-empty cells win, merged into the first
+                    first.cells.update({k: val for k, val in row.cells.items() if val is not None})
+                    first.merged = True
+                    row.target = -1
+                    continue
+            by_key[row.key] = row
+            seen[row.key] = row.number
+            keyed.append(row)
+        existing = self._existing(plan, [r.key for r in keyed])
+        for row in keyed:
+            hit = existing.get(row.key)
+            if hit is None:
+                if options.mode == "upsert" and key is None:
+                    row.errors.append(("id", _shown(None, row.key), "no record with this id"))
+                continue
+            rid, may_update = hit
+            shown = (plan.key_column.header if plan.key_column else None, _shown(key, row.cells.get(key.name if key else "id")))
+            if options.mode == "insert" and options.dedupe == "skip":
+                row.target = -1
+            elif not may_update:
+                # a record outside the writer's scope: the answer the API's create gives, no more
+                row.errors.append((*shown, "is already used by another record"))
+            elif options.mode == "insert" and options.dedupe == "error":
+                row.errors.append((*shown, "already exists"))
+            else:
+                row.target = rid
+
+    def _existing(self, plan: _Plan, keys: list[Any]) -> dict[Any, tuple[int, bool]]:
+        """key → (record id, whether the writer may update it), for keys already stored."""
+        if not keys:
+            return {}
+        v = plan.view
+        t = v.table
+        if plan.key is None:
+            expr: Any = t.c.id
+        elif plan.key.encrypted:
+            expr = t.c[plan.key.blind_index_column]
+        else:
+            expr = field_expr(t, plan.key)
+        may = self.records.authz.scope_clause(v.principal, v.spec, t, "update", strict=True)
+        flag = (may if may is not None else (t.c.id == t.c.id)).label("may")
+        out: dict[Any, tuple[int, bool]] = {}
+        with self.runtime.engine.connect() as conn:
+            for chunk in _chunks(keys, 1000):
+                stmt = select(t.c.id, expr.label("k"), flag).where(member_of(expr, chunk, self.runtime.dialect), t.c.retained_at.is_(None))
+                for r in conn.execute(stmt):
+                    k = r.k if plan.key is None or plan.key.encrypted else FIELD_TYPES[plan.key.type].dump(
+                        FIELD_TYPES[plan.key.type].normalize(r.k, replace(plan.key, min=None, max=None, max_length=None, pattern=None))
+                    )
+                    out[k] = (r.id, bool(r.may))
+        return out
+
+    def _unique_conflicts(self, plan: _Plan, rows: list[_Row]) -> None:
+        v = plan.view
+        t = v.table
+        index = self.records.blind_index_for(v.spec)
+        for f in plan.uniques:
+            if f is plan.key:
+                continue
+            values: dict[Any, _Row] = {}
+            for row in rows:
+                value = row.values.get(f.name)
+                if value is None or row.errors:
+                    continue
+                k = index(f, value) if f.encrypted else value
+                if k in values:
+                    row.errors.append((self._header(plan, f), _shown(f, row.cells.get(f.name)), f"duplicate of row {values[k].number}"))
+                    continue
+                values[k] = row
+            if not values:
+                continue
+            expr = t.c[f.blind_index_column] if f.encrypted else field_expr(t, f)
+            with self.runtime.engine.connect() as conn:
+                for chunk in _chunks(list(values), 1000):
+                    for r in conn.execute(select(t.c.id, expr.label("k")).where(member_of(expr, chunk, self.runtime.dialect))):
+                        hit = values.get(r.k)
+                        if hit is not None and hit.target != r.id and not hit.errors:
+                            hit.errors.append((self._header(plan, f), _shown(f, hit.cells.get(f.name)), "is already used by another record"))
+
+    @staticmethod
+    def _header(plan: _Plan, f: FieldSpec) -> str:
+        return next((c.header for c in plan.columns if c.field is f), f.name)
+
+    def _write(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], conn: Connection) -> dict[str, list[_Row]]:
+        """Insert new rows, update matched ones, then check scope and rules; ``_Redo`` if any fail."""
+        v = plan.view
+        t = v.table
+        new = [r for r in rows if r.target is None]
+        old = [r for r in rows if r.target is not None and r.target > 0]
+        self._check_refs(conn, plan, rows)
+        principal = v.principal
+        now = utcnow()
+        ids = self.runtime.ids.take_in(conn, v.spec.name, len(new))
+        records = []
+        for rid, row in zip(ids, new):
+            values = self.records._row_values(v, rid, row.values, None)
+            values.update(id=rid, version=1, created_at=now, updated_at=now, created_by=principal.user_id, updated_by=principal.user_id)
+            records.append(values)
+            row.target, row.inserted = rid, True
+        if records:
+            self._insert(conn, t, records)
+        changes: list[tuple[int, int, dict[str, Any]]] = []
+        if old:
+            current = {r.id: r for r in conn.execute(select(t).where(member_of(t.c.id, [int(r.target) for r in old if r.target], self.runtime.dialect)))}
+            updates = []
+            for row in old:
+                cur = current.get(row.target)
+                if cur is None:
+                    row.errors.append((None, None, "the record was deleted meanwhile"))
+                    continue
+                values = self.records._row_values(v, cur.id, row.values, cur.ext)
+                values.update(version=cur.version + 1, updated_at=now, updated_by=principal.user_id)
+                updates.append((cur.id, values))
+                before = self.records._stored_values(v, cur._mapping, row.values.keys())
+                changes.append((cur.id, cur.version + 1, self.records._changes(v, before, row.values)))
+            for rid, values in updates:
+                conn.execute(update(t).where(t.c.id == rid).values(**values))
+        inserted = [int(r.target) for r in new if r.target]
+        updated = [c[0] for c in changes]
+        self._post_check(conn, plan, new, old)
+        if not options.dry_run:
+            for rid, version, diff in changes:
+                self.records.audit(conn, principal, "update", v.spec.name, rid, {"version": version, "changes": diff, "import_job": job.id})
+            if inserted:
+                self.records.audit(conn, principal, "import_batch", v.spec.name, None, {"job": job.id, "rows": len(inserted), "first_id": inserted[0], "last_id": inserted[-1]})
+            for hook in self.records.after_write:
+                if inserted:
+                    hook(conn, v.snap, v.spec.name, inserted, "create", principal)
+                if updated:
+                    hook(conn, v.snap, v.spec.name, updated, "update", principal)
+        done = set(updated)
+        return {"inserted": new, "updated": [r for r in old if r.target in done]}
+
+    def _check_refs(self, conn: Connection, plan: _Plan, rows: list[_Row]) -> None:
+        bad: dict[int, str] = {}
+        for f in plan.view.spec.live_fields:
+            if f.type != "ref":
+                continue
+            wanted = {r.values[f.name] for r in rows if r.values.get(f.name) is not None}
+            if not wanted:
+                continue
+            target = plan.view.snap.tables[f.ref or ""]
+            found = set()
+            for chunk in _chunks(sorted(wanted), 1000):
+                found |= {r.id for r in conn.execute(select(target.c.id).where(member_of(target.c.id, chunk, self.runtime.dialect), target.c.retained_at.is_(None)))}
+            for r in rows:
+                if r.values.get(f.name) is not None and r.values[f.name] not in found:
+                    bad[r.number] = f"{self._header(plan, f)}: no {f.ref} with this id"
+        if bad:
+            raise _Redo(bad)
+
+    def _insert(self, conn: Connection, t: Table, records: list[dict[str, Any]]) -> None:
+        keys: set[str] = set().union(*(r.keys() for r in records))
+        names = [c.name for c in t.columns if c.name in keys]
+        if self.runtime.dialect == "postgresql":
+            self._copy(conn, t, names, records)
+            return
+        # one executemany of plain tuples, each value through its column type's own bind
+        # processor (what SQLAlchemy's insert() would do, without its per-row bookkeeping)
+        dialect = conn.dialect
+        compiled = insert(t).compile(dialect=dialect, column_keys=names)
+        order = list(compiled.positiontup or names)
+        procs = [(n, t.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]
+        params = [tuple(p(r.get(n)) if p is not None else r.get(n) for n, p in procs) for r in records]
+        conn.exec_driver_sql(str(compiled), params)
+
+    @staticmethod
+    def _copy(conn: Connection, t: Table, names: list[str], records: list[dict[str, Any]]) -> None:
+        """Stream the rows into ``COPY … FROM STDIN`` on the transaction's own connection."""
+        from psycopg import sql
+        from psycopg.types.json import Jsonb
+
+        json_cols = {c.name for c in t.columns if c.type is JsonDoc or isinstance(c.type, type(JsonDoc))}
+        raw: Any = conn.connection.dbapi_connection
+        assert raw is not None
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(t.name), sql.SQL(", ").join(sql.Identifier(n) for n in names))
+        with raw.cursor() as cur, cur.copy(stmt) as copy:
+            for r in records:
+                copy.write_row([Jsonb(r.get(n)) if n in json_cols and r.get(n) is not None else r.get(n) for n in names])
+
+    def _post_check(self, conn: Connection, plan: _Plan, new: list[_Row], old: list[_Row]) -> None:
+        """Rows the writer may not hold, and rows breaking the entity's rules: ``_Redo``."""
+        v = plan.view
+        t = v.table
+        bad: dict[int, str] = {}
+        for rows, action in ((new, "create"), (old, "update")):
+            ids = [r.target for r in rows if r.target]
+            if not ids:
+                continue
+            clause = self.records.authz.scope_clause(v.principal, v.spec, t, action, strict=True)
+            if clause is not None:
+                number = {r.target: r.number for r in rows}
+                for chunk in _chunks(ids, 1000):
+                    for r in conn.execute(select(t.c.id).where(member_of(t.c.id, chunk, self.runtime.dialect), not_(clause))):
+                        bad[number[r.id]] = f"this row would put the {v.spec.name} outside what you may {action}"
+        rule_check = _rule_checker()
+        if rule_check is not None:
+            number = {r.target: r.number for r in new + old if r.target}
+            if number:
+                for rid, problems in rule_check(conn, v.snap, v.spec, t, list(number)).items():
+                    bad.setdefault(number[rid], "; ".join(f"{p['field']}: {p['message']}" for p in problems))
+        if bad:
+            raise _Redo(bad)
+
+    def _progress(
+        self, conn: Connection | None, job_id: int, rows: list[_Row], state: _State, written: dict[str, list[_Row]], raw_count: int, plan: _Plan
+    ) -> None:
+        """Count a batch, keep its errors and preview rows; with ``conn``, record it in the job."""
+        counts = state.counts
+        counts["rows"] += raw_count
+        counts["inserted"] += len(written["inserted"])
+        counts["updated"] += len(written["updated"])
+        counts["errors"] += sum(1 for r in rows if r.errors)
+        counts["skipped"] += sum(1 for r in rows if r.target == -1 and not r.errors)
+        state.rows_done += raw_count
+        entries = []
+        for row in rows:
+            for header, value, message in row.errors:
+                if state.seq >= MAX_ERRORS:
+                    break
+                state.seq += 1
+                entries.append(
+                    {"job_id": job_id, "seq": state.seq, "row": row.number, "column": (header or "")[:255] or None,
+                     "value": None if value is None else str(value)[:200], "message": message[:1000]}
+                )
+        for action in ("inserted", "updated"):
+            for row in written[action]:
+                if len(state.preview) >= PREVIEW_ROWS:
+                    break
+                state.preview.append(self._preview(plan, row, "insert" if action == "inserted" else "update"))
+        if conn is None:
+            state.deferred += entries
+            return
+        if entries:
+            conn.execute(insert(import_error_table), entries)
+        conn.execute(
+            update(import_job_table)
+            .where(import_job_table.c.id == job_id)
+            .values(rows_done=state.rows_done, counts=dict(counts), preview=list(state.preview), heartbeat=utcnow())
+        )
+
+    def _preview(self, plan: _Plan, row: _Row, action: str) -> dict[str, Any]:
+        """A row as the importer would see it stored: masked as their reads are."""
+        v = plan.view
+        out: dict[str, Any] = {"_row": row.number, "_action": action}
+        for name, value in row.values.items():
+            f = v.spec.field(name)
+            if f is None or v.access[name].view == "hidden":
+                continue
+            dumped = FIELD_TYPES[f.type].dump(value) if value is not None else None
+            out[name] = mask_value(effective_mask(f) or "full", dumped) if v.access[name].view == "masked" and dumped is not None else dumped
+        return out
+
+    def _last_error_seq(self, job_id: int) -> int:
+        with self.runtime.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(import_error_table.c.seq), 0)).where(import_error_table.c.job_id == job_id)).scalar_one())
+
+    def _users(self) -> dict[str, int]:
+        """Usernames → ids, so files can name owners (Flask-AppBuilder's users table)."""
+        with self.runtime.engine.connect() as conn:
+            if not inspect(conn).has_table(ab_user_table.name):
+                return {}
+            return {r.username: r.id for r in conn.execute(select(ab_user_table.c.id, ab_user_table.c.username))}
+
+
+# ---------------------------------------------------------------------- cells
+
+
+def _parse_row(columns: list[_Column], users: dict[str, int], number: int, cells: list[Any]) -> _Row:
+    """One file row → coerced cells and their validated values (the field types' own
+    ``normalize``, as the API's writes use; access was checked once for the whole file)."""
+    row = _Row(number, {})
+    for col in columns:
+        f = col.field
+        cell = cells[col.index] if col.index < len(cells) else None
+        try:
+            value = _coerce(f, cell, users)
+        except FieldError as exc:
+            row.errors.append((col.header, _shown(f, cell), str(exc)))
+            continue
+        if f is None:
+            row.cells["id"] = value
+            continue
+        row.cells[f.name] = value
+        if value is not None and not isinstance(value, _Title):
+            _normalize(row, col, f, value)
+    return row
+
+
+def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
+    try:
+        out = FIELD_TYPES[f.type].normalize(value, f)
+    except FieldError as exc:
+        row.errors.append((col.header, _shown(f, value), str(exc)))
+        return
+    if out is None and f.required:
+        row.errors.append((col.header, None, "is required"))
+    row.values[f.name] = out
+
+
+# Parsing in worker processes: each gets the columns and users once, then batches of rows.
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(columns: list[_Column], users: dict[str, int]) -> None:
+    _WORKER["columns"], _WORKER["users"] = columns, users
+
+
+def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
+    columns, users = _WORKER["columns"], _WORKER["users"]
+    return [_parse_row(columns, users, number, cells) for number, cells in raw]
+
+
+def parse_workers(total: int) -> int:
+    """Processes to parse a file of ``total`` rows with: ``FINCRM_IMPORT_WORKERS`` (default 0:
+    the job's own thread) for files of 20,000 rows or more. On the 2-core reference machine
+    two workers were no faster (the database and the writer need those cores), so they are
+    opt-in for bigger machines."""
+    try:
+        configured = max(0, int(os.environ.get("FINCRM_IMPORT_WORKERS", "0")))
+    except ValueError:
+        configured = 0
+    return configured if total >= 20_000 and configured > 1 else 0
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _batches(rows: Iterator[tuple[int, list[Any]]], skip: int, size: int) -> Iterator[list[tuple[int, list[Any]]]]:
+    """Rows in batches of ``size``, after the first ``skip`` (those a resumed job has done)."""
+    batch: list[tuple[int, list[Any]]] = []
+    for i, row in enumerate(rows):
+        if i < skip:
+            continue
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _shown(f: FieldSpec | None, value: Any) -> str | None:
+    """A cell as an error report may show it: masked by the field's rule, cut to 100 characters."""
+    if value is None:
+        return None
+    text = value.isoformat() if isinstance(value, (dt.date, dt.datetime)) else str(value)
+    text = text[:100]
+    rule = effective_mask(f) if f is not None else None
+    return str(mask_value(rule, text)) if rule else text
+
+
+def _coerce(f: FieldSpec | None, cell: Any, users: dict[str, int]) -> Any:
+    """A spreadsheet cell → the value the field type's ``normalize`` takes (or None)."""
+    if cell is None:
+        return None
+    if isinstance(cell, str):
+        text = (cell if cell.isascii() else unicodedata.normalize("NFKC", cell)).strip()  # NFKC is a no-op on ASCII
+        if not text:
+            return None
+        if len(cell) > MAX_CELL:
+            raise FieldError(f"longer than {MAX_CELL} characters")
+        if text[0] in "=@" or (text[0] in "+-" and len(text) > 1 and not (text[1].isdigit() or text[1] == ".") and (f is None or f.type in _TEXTUAL)):
+            raise FieldError("looks like a spreadsheet formula: import values, not formulas")
+        cell = text if (f is None or f.type not in ("text",)) else cell.strip()
+    if f is None:  # record id
+        return _int_cell(cell)
+    kind = f.type
+    if isinstance(cell, bool):
+        return cell
+    if isinstance(cell, float) and kind not in ("decimal",):
+        if cell.is_integer():
+            cell = int(cell)
+    if kind in ("integer", "decimal"):
+        if isinstance(cell, (int, float)):
+            return str(Decimal(str(cell)))
+        return cell.translate(_NUMBER_NOISE)
+    if kind == "date":
+        if isinstance(cell, (dt.date, dt.datetime)):
+            return cell
+        m = _DATE.fullmatch(str(cell))
+        if m:
+            return f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d}"
+        text = str(cell)
+        if re.fullmatch(r"\d{8}", text, re.ASCII):
+            return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+        return text
+    if kind == "datetime":
+        if isinstance(cell, dt.datetime):
+            return cell
+        m = _DATETIME.fullmatch(str(cell))
+        if m:
+            return f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d}T{int(m[4]):02d}:{m[5]}:{m[6] or '00'}"
+        return str(cell)
+    if kind in ("enum", "multi_enum"):
+        labels = _option_labels(f)
+        if kind == "enum":
+            text = str(cell)
+            return labels.get(text.casefold(), text)
+        return [labels.get(p.casefold(), p) for p in (p.strip() for p in _SPLIT.split(str(cell))) if p]
+    if kind == "ref":
+        if isinstance(cell, int) or (isinstance(cell, str) and cell.isascii() and cell.isdigit()):
+            return int(cell)
+        return _Title(str(cell))
+    if kind == "user":
+        if isinstance(cell, int) or (isinstance(cell, str) and cell.isascii() and cell.isdigit()):
+            return int(cell)
+        uid = users.get(str(cell))
+        if uid is None:
+            raise FieldError("no user has this username")
+        return uid
+    if isinstance(cell, (dt.date, dt.datetime)):
+        return cell.isoformat()
+    return str(cell)
+
+
+_LABELS: dict[int, tuple[FieldSpec, dict[str, str]]] = {}
+
+
+def _option_labels(f: FieldSpec) -> dict[str, str]:
+    """An option's value, zh label or en label (any case) → its value (cached per spec object:
+    hashing a whole field spec costs more than the lookup)."""
+    hit = _LABELS.get(id(f))
+    if hit is not None and hit[0] is f:
+        return hit[1]
+    labels: dict[str, str] = {}
+    for o in f.options:
+        for text in (o.value, o.label.zh, o.label.en):
+            labels.setdefault(text.casefold(), o.value)
+    if len(_LABELS) > 4096:
+        _LABELS.clear()
+    _LABELS[id(f)] = (f, labels)
+    return labels
+
+
+def _int_cell(cell: Any) -> int:
+    try:
+        if isinstance(cell, float) and cell.is_integer():
+            return int(cell)
+        return int(str(cell))
+    except (TypeError, ValueError, InvalidOperation):
+        raise FieldError("must be a record id") from None
+
+
+def _rule_checker() -> Callable[..., dict[int, list[dict[str, str]]]] | None:
+    """The data-quality rules' batch check, when that module is present."""
+    try:
+        from ..quality import rules
+    except ImportError:
+        return None
+    return getattr(rules, "violations", None)

@@ -1,0 +1,377 @@
+"""Import (issue #6): hostile files, mapping and cleaning, modes, dedupe, dry run, scope, jobs."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import random
+import time
+from typing import Any
+
+import pytest
+from openpyxl import Workbook
+
+from engine.demo import make_id_number, make_mobile
+from tests.api_helpers import app, assert_error, client, login, shared_app  # noqa: F401  (module-wide app)
+
+HEADERS = ["姓名", "性别", "出生日期", "身份证号", "手机号", "职业", "资产规模(AUM)"]
+
+
+def _people(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        birth = dt.date(1960, 1, 1) + dt.timedelta(days=rng.randrange(0, 12000))
+        male = rng.random() < 0.5
+        out.append(
+            {
+                "name": f"测试{i:05d}",
+                "gender": "男" if male else "女",
+                "birth": birth,
+                "id": make_id_number(rng, birth, male),
+                "mobile": make_mobile(rng),
+                "aum": f"{rng.randrange(0, 5_000_000)}.{rng.randrange(100):02d}",
+            }
+        )
+    return out
+
+
+def _csv(rows: list[list[Any]], headers: list[str] = HEADERS, encoding: str = "utf-8", delimiter: str = ",") -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter)
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return buf.getvalue().encode(encoding)
+
+
+def _row(p: dict[str, Any]) -> list[Any]:
+    return [p["name"], p["gender"], p["birth"].strftime("%Y/%m/%d"), p["id"], p["mobile"], "工程师", p["aum"]]
+
+
+def _upload(client: Any, headers: dict[str, str], data: bytes, filename: str = "customers.csv", entity: str = "customer", **options: Any) -> Any:
+    form: dict[str, Any] = {k: str(v) for k, v in options.items()}
+    form["file"] = (io.BytesIO(data), filename)
+    return client.post(f"/api/v1/import/{entity}", headers=headers, data=form, content_type="multipart/form-data")
+
+
+def _finished(client: Any, headers: dict[str, str], resp: Any) -> dict[str, Any]:
+    assert resp.status_code in (201, 202), resp.get_json()
+    job = resp.get_json()
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+        job = client.get(f"/api/v1/import/jobs/{job['id']}", headers=headers).get_json()
+    return job
+
+
+def _errors(client: Any, headers: dict[str, str], job: dict[str, Any]) -> list[list[str]]:
+    resp = client.get(job["errors_url"], headers=headers)
+    assert resp.status_code == 200
+    text = resp.get_data().decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text)))[1:]
+
+
+def _clear(app: Any) -> list[dict[str, Any]]:
+    """Every customer as the system sees them (in clear), in id order."""
+    from engine.security.principal import Principal
+
+    records = app.extensions["fincrm"].records
+    with app.app_context():
+        return records.list(Principal.system("test"), "customer", limit=500, sort="id").items
+
+
+def _customers(client: Any, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = {"limit": 500, **params}
+        if cursor:
+            query["cursor"] = cursor
+        page = client.get("/api/v1/records/customer", headers=headers, query_string=query).get_json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items
+
+
+def test_utf8_file_with_chinese_headers_is_cleaned_and_imported(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(3)
+    rows = [_row(x) for x in p]
+    rows[0][3] = rows[0][3].replace("0", "０")  # full-width digits in an ID number
+    rows[1][4] = f"+86 {p[1]['mobile'][:3]}-{p[1]['mobile'][3:7]}-{p[1]['mobile'][7:]}"
+    rows[2][6] = "1,234,567.80"
+    rows[2][0] = "  " + rows[2][0] + " "
+    job = _finished(client, admin, _upload(client, admin, _csv(rows)))
+    assert job["status"] == "done", job
+    assert job["counts"] == {"rows": 3, "inserted": 3, "updated": 0, "skipped": 0, "errors": 0}
+    assert job["mapping"]["身份证号"] == "id_number" and job["mapping"]["性别"] == "gender"
+    got = {c["name"]: c for c in _clear(app)}
+    assert set(got) == {x["name"] for x in p}
+    assert got[p[0]["name"]]["gender"] == ("male" if p[0]["gender"] == "男" else "female")
+    assert got[p[0]["name"]]["birth_date"] == p[0]["birth"].isoformat()
+    assert got[p[2]["name"]]["aum"] == "1234567.80"
+    assert got[p[0]["name"]]["id_number"] == p[0]["id"] and got[p[1]["name"]]["mobile"] == p[1]["mobile"]
+    # the encrypted ID is found through its blind index
+    from engine.security.principal import Principal
+
+    with app.app_context():
+        found = app.extensions["fincrm"].records.list(Principal.system("test"), "customer", filter={"field": "id_number", "op": "eq", "value": p[0]["id"]})
+    assert [c["name"] for c in found.items] == [p[0]["name"]]
+
+
+def test_gbk_excel_export_is_recognised(client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(2, seed=11)
+    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p], encoding="gbk")))
+    assert job["encoding"] == "gb18030" and job["counts"]["inserted"] == 2
+    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in _people(1, seed=12)], encoding="utf-16", delimiter="\t")))
+    assert job["encoding"] == "utf-16" and job["counts"]["inserted"] == 1, job
+
+
+def test_xlsx_with_typed_cells_and_a_formula_cell(client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(3, seed=13)
+    wb = Workbook()
+    ws = wb.active
+    ws.append(HEADERS)
+    ws.append([p[0]["name"], p[0]["gender"], dt.datetime.combine(p[0]["birth"], dt.time()), p[0]["id"], int(p[0]["mobile"]), "教师", float(p[0]["aum"])])
+    ws.append([p[1]["name"], p[1]["gender"], p[1]["birth"], p[1]["id"], p[1]["mobile"], "教师", p[1]["aum"]])
+    ws.append(["=HYPERLINK(\"http://evil\",\"x\")", p[2]["gender"], p[2]["birth"], p[2]["id"], p[2]["mobile"], "教师", "1"])
+    buf = io.BytesIO()
+    wb.save(buf)
+    job = _finished(client, admin, _upload(client, admin, buf.getvalue(), filename="客户.xlsx"))
+    assert job["format"] == "xlsx" and job["counts"]["inserted"] == 2 and job["counts"]["errors"] == 1, job
+    errors = _errors(client, admin, job)
+    assert errors[0][0] == "4" and errors[0][1] == "姓名" and "formula" in errors[0][3]
+    assert errors[0][2].startswith("'") or not errors[0][2].startswith("=")  # formula-safe error file
+
+
+def test_hostile_files_get_clear_400s_and_write_nothing(client: Any, login: Any) -> None:
+    admin = login("admin")
+    cases = [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01" + bytes(range(256)) * 4, "binary"),
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600, ".xls"),
+        ("姓名,手机号\n".encode() + b"\x80\x80abc\xff\n", "encoding"),
+        (b"PK\x03\x04 definitely not a zip", "XLSX"),
+        ("\n\n".encode(), "empty"),
+    ]
+    for data, word in cases:
+        resp = _upload(client, admin, data, filename="customers.csv")
+        assert_error(resp, 400, field="file")
+        assert word in resp.get_json()["error"]["details"][0]["message"], (word, resp.get_json())
+    # missing required column, duplicated header, unknown option, unknown mapping target
+    assert_error(_upload(client, admin, _csv([["男"]], headers=["性别"])), 400, field="name")
+    resp = _upload(client, admin, _csv([["a", "b"]], headers=["姓名", "姓名"]))
+    assert_error(resp, 400, field="姓名")
+    assert "duplicate" in resp.get_json()["error"]["details"][0]["message"]
+    assert_error(_upload(client, admin, _csv([_row(_people(1)[0])]), mode="replace"), 400, field="mode")
+    assert_error(_upload(client, admin, _csv([_row(_people(1)[0])]), colour="red"), 400, field="colour")
+    assert_error(_upload(client, admin, _csv([_row(_people(1)[0])]), mapping='{"姓名": "nickname"}'), 400, field="mapping.姓名")
+    assert_error(_upload(client, admin, _csv([_row(_people(1)[0])]), mapping="{not json"), 400, field="mapping")
+    assert_error(_upload(client, admin, _csv([_row(_people(1)[0])]), entity="no_such_entity"), 404)
+    resp = client.post("/api/v1/import/customer", headers=admin, data={"mode": "insert"}, content_type="multipart/form-data")
+    assert_error(resp, 400, field="file")
+    assert _customers(client, admin) == []
+
+
+def test_upload_over_the_limit_is_413(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    app.config["FINCRM_IMPORT_MAX_BYTES"] = 10_000
+    try:
+        resp = _upload(client, admin, _csv([_row(x) for x in _people(400)]))
+        assert_error(resp, 413)
+    finally:
+        app.config.pop("FINCRM_IMPORT_MAX_BYTES")
+    assert _customers(client, admin) == []
+
+
+def test_ten_percent_bad_rows_skip_or_abort(client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(200, seed=21)
+    rows = [_row(x) for x in p]
+    for i in range(0, 200, 10):
+        kind = (i // 10) % 4
+        if kind == 0:
+            rows[i][3] = rows[i][3][:-1] + ("0" if rows[i][3][-1] != "0" else "1")  # bad checksum
+        elif kind == 1:
+            rows[i][4] = "12345"
+        elif kind == 2:
+            rows[i][2] = "1990-13-45"
+        else:
+            rows[i][0] = "=cmd|' /C calc'!A0"
+    data = _csv(rows)
+    job = _finished(client, admin, _upload(client, admin, data, on_error="abort"))
+    assert job["status"] == "failed" and job["counts"]["errors"] == 20 and job["counts"]["inserted"] == 0, job
+    assert len(_errors(client, admin, job)) == 20
+    assert _customers(client, admin) == []
+    job = _finished(client, admin, _upload(client, admin, data, batch_size=37))
+    assert job["status"] == "done" and job["counts"]["inserted"] == 180 and job["counts"]["errors"] == 20, job
+    errors = _errors(client, admin, job)
+    assert sorted(int(e[0]) for e in errors) == [i + 2 for i in range(0, 200, 10)]
+    by_row = {int(e[0]): e for e in errors}
+    bad_id = by_row[2]
+    assert bad_id[1] == "身份证号" and rows[0][3] not in bad_id[2] and "*" in bad_id[2]  # masked like reads
+    assert by_row[32][2].startswith("'=")  # formula neutralised in the error file
+    assert len(_customers(client, admin)) == 180
+
+
+def test_dry_run_previews_masked_and_writes_nothing(client: Any, login: Any) -> None:
+    admin, rm1 = login("admin"), login("rm1")
+    p = _people(5, seed=31)
+    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p]), dry_run="1"))
+    assert job["status"] == "done" and job["counts"]["inserted"] == 5, job
+    assert _customers(client, admin) == []
+    preview = job["preview"]
+    assert len(preview) == 5
+    assert all(p[0]["id"] != r.get("id_number") for r in preview)
+    # the preview shows values exactly as rm1's reads will: compare with the real import read back
+    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p])))
+    stored = sorted(_customers(client, rm1), key=lambda c: c["id"])
+    for shown, record in zip(preview, stored):
+        for name in ("name", "id_number", "mobile", "aum", "birth_date"):
+            assert shown.get(name) == record.get(name), (name, shown, record)
+
+
+def test_upsert_by_encrypted_id_updates_and_keeps_empty_cells(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(4, seed=41)
+    _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p[:2]])))
+    before = {c["name"]: c for c in _clear(app)}
+    # row 1: same ID, new mobile, empty occupation (kept); row 2: new person
+    new_mobile = make_mobile(random.Random(99))
+    changed = [p[0]["name"], "", "", p[0]["id"], new_mobile, "", ""]
+    job = _finished(client, admin, _upload(client, admin, _csv([changed, _row(p[2])]), mode="upsert"))
+    assert job["counts"] == {"rows": 2, "inserted": 1, "updated": 1, "skipped": 0, "errors": 0}, job
+    after = {c["name"]: c for c in _clear(app)}
+    assert after[p[0]["name"]]["mobile"] == new_mobile and after[p[0]["name"]]["occupation"] == "工程师"
+    assert after[p[0]["name"]]["version"] == before[p[0]["name"]]["version"] + 1
+    history = client.get(f"/api/v1/records/customer/{after[p[0]['name']]['id']}/history", headers=admin).get_json()["items"]
+    assert history[0]["action"] == "update" and "mobile" in history[0]["detail"]["changes"]
+
+
+def test_dedupe_within_the_file_and_against_the_database(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    p = _people(3, seed=51)
+    _finished(client, admin, _upload(client, admin, _csv([_row(p[0])])))
+    rows = [_row(p[0]), _row(p[1]), _row(p[1]), _row(p[2])]
+    rows[2][5] = "医生"
+    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="skip"))
+    assert job["counts"] == {"rows": 4, "inserted": 2, "updated": 0, "skipped": 2, "errors": 0}, job
+    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="error"))
+    assert job["counts"]["errors"] == 4 and job["counts"]["inserted"] == 0, job
+    messages = sorted(e[3] for e in _errors(client, admin, job))
+    assert messages == ["already exists", "already exists", "already exists", "duplicate of row 3"]
+    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="update"))
+    assert job["counts"]["updated"] == 3 and job["counts"]["skipped"] == 1, job
+    occupations = {c["name"]: c["occupation"] for c in _clear(app)}
+    assert occupations[p[1]["name"]] == "医生"  # the later row of the file won
+
+
+def test_relationship_manager_cannot_reach_another_managers_customer_by_import(app: Any, client: Any, login: Any) -> None:
+    rm1, rm2, admin = login("rm1"), login("rm2"), login("admin")
+    p = _people(3, seed=61)
+    job = _finished(client, rm2, _upload(client, rm2, _csv([_row(p[0])])))
+    assert job["counts"]["inserted"] == 1
+    theirs = _customers(client, rm2)[0]
+    # upsert with rm2's customer's ID number: refused like a create, nothing changed or shown
+    hijack = [_row(p[0])[:4] + [make_mobile(random.Random(5)), "黑客", "9"]]
+    job = _finished(client, rm1, _upload(client, rm1, _csv(hijack), mode="upsert"))
+    assert job["counts"]["updated"] == 0 and job["counts"]["errors"] == 1, job
+    assert _errors(client, rm1, job)[0][3] == "is already used by another record"
+    assert job["preview"] == []
+    assert _customers(client, rm2)[0]["version"] == theirs["version"]
+    assert _customers(client, rm1) == []
+    # rows owned by someone else are outside what rm1 may create
+    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(p[1]) + ["rm2"]], headers=HEADERS + ["客户经理"])))
+    assert job["counts"]["inserted"] == 0 and job["counts"]["errors"] == 1, job
+    assert "outside" in _errors(client, rm1, job)[0][3]
+    # another user's job and its error file are not there for rm1
+    assert client.get(f"/api/v1/import/jobs/{job['id']}", headers=rm2).status_code == 404
+    assert client.get(f"/api/v1/import/jobs/{job['id']}/errors", headers=rm2).status_code == 404
+    assert client.get(f"/api/v1/import/jobs/{job['id']}", headers=admin).status_code == 200
+
+
+def test_fifty_thousand_rows(client: Any, login: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "2")  # parsed by two worker processes
+    admin = login("admin")
+    p = list({x["id"]: x for x in _people(50_100, seed=71)}.values())[:50_000]
+    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p]), batch_size=5000))
+    assert job["status"] == "done" and job["counts"]["inserted"] == 50_000 and job["total_rows"] == 50_000, job
+    count = client.get("/api/v1/records/customer", headers=admin, query_string={"limit": 1, "count": "1"}).get_json()
+    assert count.get("count", 10_000) == 10_000  # capped count: more than the cap are there
+
+
+def test_an_upload_whose_process_died_is_finished_by_the_jobs_pass(app: Any, client: Any, login: Any, tmp_path: Any) -> None:
+    """A job left 'running' with an old heartbeat (its process was killed) is picked up by the
+    jobs pass (`fincrm jobs run` / `fincrm worker`) and continues after its last batch."""
+    from sqlalchemy import update
+
+    from engine.io.importer import ImportOptions, import_job_table
+    from engine.web.imports_api import importer, resume_interrupted
+
+    admin = login("admin")
+    p = _people(30, seed=81)
+    source = tmp_path / "upload.csv"
+    source.write_bytes(_csv([_row(x) for x in p]))
+    with app.app_context():
+        uid = int(app.appbuilder.sm.find_user(username="admin").id)
+        from engine.web.auth import principal_for_user_id
+
+        svc = app.extensions["fincrm"]
+        svc.authz.refresh(svc.runtime.stamps()[1])
+        principal = principal_for_user_id(uid, svc.runtime.stamps()[1])[0]
+        imp = importer()
+        job = imp.create(principal, "customer", source, "upload.csv", ImportOptions(batch_size=10))
+        assert not source.exists()  # the upload now belongs to the job
+        assert imp.claim(job["id"])
+        long_ago = dt.datetime(2020, 1, 1)
+        with app.extensions["fincrm"].runtime.begin() as conn:
+            conn.execute(update(import_job_table).where(import_job_table.c.id == job["id"]).values(heartbeat=long_ago))
+    resumed = resume_interrupted(app)
+    assert [j["id"] for j in resumed] == [job["id"]] and resumed[0]["status"] == "done"
+    assert resumed[0]["counts"]["inserted"] == 30 and resumed[0]["created_by"] == "admin"
+    assert client.get(f"/api/v1/import/jobs/{job['id']}", headers=admin).get_json()["status"] == "done"
+    assert resume_interrupted(app) == []
+
+
+def test_background_job_reports_progress_then_finishes(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    app.config["FINCRM_IMPORT_WAIT"] = 0
+    try:
+        resp = _upload(client, admin, _csv([_row(x) for x in _people(3000, seed=83)]), batch_size=100)
+    finally:
+        app.config.pop("FINCRM_IMPORT_WAIT")
+    assert resp.status_code == 202 and resp.headers["Location"].endswith(f"/import/jobs/{resp.get_json()['id']}")
+    seen = set()
+    job = resp.get_json()
+    while job["status"] in ("queued", "running"):
+        seen.add(job["rows_done"])
+        time.sleep(0.05)
+        job = client.get(f"/api/v1/import/jobs/{job['id']}", headers=admin).get_json()
+    assert job["status"] == "done" and job["rows_done"] == job["total_rows"] == 3000
+    assert job["counts"]["inserted"] + job["counts"]["errors"] == 3000
+    listed = client.get("/api/v1/import/jobs", headers=admin).get_json()["items"]
+    assert listed[0]["id"] == job["id"]
+
+
+def test_references_by_name_and_owners_by_username(app: Any, client: Any, login: Any) -> None:
+    admin = login("admin")
+    for code, name in (("BJ", "北京分行"), ("SH", "上海分行"), ("SH2", "上海分行")):
+        assert client.post("/api/v1/records/branch", headers=admin, json={"code": code, "name": name}).status_code == 201
+    p = _people(4, seed=87)
+    rows = [_row(x) + extra for x, extra in zip(p, (["北京分行", "rm1"], ["上海分行", "rm2"], ["深圳分行", "rm1"], ["北京分行", "nobody"]))]
+    job = _finished(client, admin, _upload(client, admin, _csv(rows, headers=HEADERS + ["所属机构", "客户经理"])))
+    assert job["counts"]["inserted"] == 1 and job["counts"]["errors"] == 3, job
+    messages = {int(e[0]): (e[1], e[3]) for e in _errors(client, admin, job)}
+    assert messages[3] == ("所属机构", "2 branch records have this name: give the id")
+    assert messages[4] == ("所属机构", "no branch has this name (within what you may read)")
+    assert messages[5] == ("客户经理", "no user has this username")
+    stored = _clear(app)
+    with app.app_context():
+        rm1 = int(app.appbuilder.sm.find_user(username="rm1").id)
+    bj = [b for b in client.get("/api/v1/records/branch", headers=admin).get_json()["items"] if b["code"] == "BJ"][0]
+    assert len(stored) == 1 and stored[0]["owner"] == rm1 and stored[0]["branch"] == bj["id"]
