@@ -231,6 +231,7 @@ class _Plan:
     ref_titles: dict[tuple[str, str], int | None] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)  # normalised field defaults, once per run
     headers: dict[str, str] = field(default_factory=dict)  # field name → its column's header
+    memo: dict[int, dict[Any, Any]] = field(default_factory=dict)  # see _parse_row
 
 
 @dataclass
@@ -737,7 +738,7 @@ class Importer:
             return
 
     def _parse(self, plan: _Plan, number: int, cells: list[Any]) -> _Row:
-        return _parse_row(plan.columns, plan.users, number, cells)
+        return _parse_row(plan.columns, plan.users, number, cells, plan.memo)
 
     @staticmethod
     def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
@@ -1095,17 +1096,37 @@ class Importer:
 # ---------------------------------------------------------------------- cells
 
 
-def _parse_row(columns: list[_Column], users: dict[str, int], number: int, cells: list[Any]) -> _Row:
+_MEMO_SIZE = 4096  # distinct cells remembered per column
+
+
+def _parse_row(columns: list[_Column], users: dict[str, int], number: int, cells: list[Any], memo: dict[int, dict[Any, Any]] | None = None) -> _Row:
     """One file row → coerced cells and their validated values (the field types' own
-    ``normalize``, as the API's writes use; access was checked once for the whole file)."""
+    ``normalize``, as the API's writes use; access was checked once for the whole file).
+
+    ``memo`` remembers, per column, what a cell turned into (value, normalised value, errors):
+    a file repeats its branch, gender, stage, occupation and date cells thousands of times, and
+    both steps are pure functions of the cell for the whole run."""
     row = _Row(number, {})
     for col in columns:
         f = col.field
         cell = cells[col.index] if col.index < len(cells) else None
+        seen = memo.setdefault(col.index, {}) if memo is not None and f is not None and isinstance(cell, (str, int, float)) else None
+        if seen is not None and f is not None:
+            hit = seen.get(cell)
+            if hit is not None:
+                value, out, errors = hit
+                row.cells[f.name] = value
+                if out is not _NOTHING:
+                    row.values[f.name] = list(out) if isinstance(out, list) else out
+                row.errors += errors
+                continue
+        before = len(row.errors)
         try:
             value = _coerce(f, cell, users)
         except FieldError as exc:
             row.errors.append((col.header, _shown(f, cell), str(exc)))
+            if seen is not None and len(seen) < _MEMO_SIZE:
+                seen[cell] = (None, _NOTHING, tuple(row.errors[before:]))
             continue
         if f is None:
             row.cells["id"] = value
@@ -1113,7 +1134,12 @@ def _parse_row(columns: list[_Column], users: dict[str, int], number: int, cells
         row.cells[f.name] = value
         if value is not None and not isinstance(value, _Title):
             _normalize(row, col, f, value)
+        if seen is not None and len(seen) < _MEMO_SIZE and not isinstance(value, _Title):
+            seen[cell] = (value, row.values.get(f.name, _NOTHING), tuple(row.errors[before:]))
     return row
+
+
+_NOTHING = object()
 
 
 def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
@@ -1137,7 +1163,8 @@ def _worker_init(columns: list[_Column], users: dict[str, int]) -> None:
 
 def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
     columns, users = _WORKER["columns"], _WORKER["users"]
-    return [_parse_row(columns, users, number, cells) for number, cells in raw]
+    memo = _WORKER.setdefault("memo", {})
+    return [_parse_row(columns, users, number, cells, memo) for number, cells in raw]
 
 
 def parse_workers(total: int) -> int:
