@@ -380,7 +380,7 @@ cli_import.add_commands(main)
 
 def register_cli(app: Flask) -> None:
     """Hook for `flask --app app …` users: the same commands on the app's own CLI."""
-    for name in ("init", "user", "jobs"):
+    for name in ("init", "user", "jobs", "import", "backup", "restore"):
         if name not in app.cli.commands:
             app.cli.add_command(main.commands[name])
 
