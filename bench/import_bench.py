@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import io
 import json
 import random
 import statistics
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Table, create_engine, delete, select, text
+from sqlalchemy import MetaData, Table, delete
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -9,7 +9,6 @@ import random
 import time
 from typing import Any
 
-import pytest
 from openpyxl import Workbook
 
 from engine.demo import make_id_number, make_mobile

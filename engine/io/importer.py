@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import collections
 import datetime as dt
-import functools
 import multiprocessing
 import io
 import json
@@ -43,7 +42,7 @@ import sys
 import threading
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
@@ -61,7 +60,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    bindparam,
     delete,
     func,
     insert,
@@ -69,10 +67,11 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    true,
     update,
 )
 
-from ..errors import BadRequest, FieldError, FinCRMError, Forbidden, NotFound, ValidationFailed
+from ..errors import BadRequest, FieldError, FinCRMError, NotFound
 from ..fieldtypes import FIELD_TYPES
 from ..flows.approval import ab_user_table
 from ..meta.spec import EntitySpec, FieldSpec
@@ -275,6 +274,11 @@ class _Abort(Exception):
     pass
 
 
+def _sees_every_job(principal: Principal) -> bool:
+    """Administrators and the system see every import job; others only their own."""
+    return principal.is_system or "admin" in principal.roles
+
+
 def _key_text(header: str) -> str:
     return re.sub(r"[\s*＊]+", "", unicodedata.normalize("NFKC", header)).casefold()
 
@@ -336,7 +340,7 @@ class Importer:
     def jobs(self, principal: Principal, limit: int = 50) -> list[dict[str, Any]]:
         t = import_job_table
         stmt = select(t).order_by(t.c.id.desc()).limit(limit)
-        if not principal.is_system and "admin" not in principal.roles:
+        if not _sees_every_job(principal):
             stmt = stmt.where(t.c.created_by == principal.user_id)
         with self.runtime.engine.connect() as conn:
             return [self._job_dict(r) for r in conn.execute(stmt)]
@@ -349,7 +353,7 @@ class Importer:
         with self.runtime.engine.connect() as conn:
             row = conn.execute(select(import_job_table).where(import_job_table.c.id == jid)).first()
         # another user's job is as absent as a missing one (admins and the system see all)
-        if row is None or not (principal.is_system or "admin" in principal.roles or row.created_by == principal.user_id):
+        if row is None or not (_sees_every_job(principal) or row.created_by == principal.user_id):
             raise NotFound("import job not found")
         return row
 
@@ -580,33 +584,24 @@ class Importer:
                 conn.execute(delete(import_error_table).where(import_error_table.c.job_id == job.id))
                 conn.execute(update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=0, preview=None))
             state.seq = 0
-        outer = self.runtime.begin() if atomic else None
-        conn_outer: Connection | None = outer.__enter__() if outer is not None else None
+        batches = _batches(src.rows(), done, options.batch_size)
+        if not atomic:
+            self._pipeline(plan, job, options, batches, state, None, progress, total)
+            return state.counts
         try:
-            self._pipeline(plan, job, options, _batches(src.rows(), done, options.batch_size), state, conn_outer, progress, total)
-            if outer is not None and (state.counts["errors"] or options.dry_run):
-                raise _Abort()
+            with self.runtime.begin() as conn:  # the whole file: all rows or none
+                self._pipeline(plan, job, options, batches, state, conn, progress, total)
+                if state.counts["errors"] or options.dry_run:
+                    raise _Abort()
         except _Abort:
-            assert outer is not None
-            outer.__exit__(_Abort, _Abort(), None)
-            outer = None
             if not options.dry_run:
                 state.counts["inserted"] = state.counts["updated"] = 0
-        except BaseException as exc:
-            if outer is not None:
-                outer.__exit__(type(exc), exc, exc.__traceback__)
-                outer = None
-            raise
-        finally:
-            if outer is not None:
-                outer.__exit__(None, None, None)
-        if atomic:
-            with self.runtime.begin() as conn:
-                for chunk in _chunks(state.deferred, 1000):
-                    conn.execute(insert(import_error_table), chunk)
-                conn.execute(
-                    update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=state.rows_done, counts=state.counts, preview=state.preview)
-                )
+        with self.runtime.begin() as conn:  # its errors and counts, kept after the rollback
+            for chunk in _chunks(state.deferred, 1000):
+                conn.execute(insert(import_error_table), chunk)
+            conn.execute(
+                update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=state.rows_done, counts=state.counts, preview=state.preview)
+            )
         return state.counts
 
     # ------------------------------------------------------------------ one batch
@@ -740,10 +735,6 @@ class Importer:
     def _parse(self, plan: _Plan, number: int, cells: list[Any]) -> _Row:
         return _parse_row(plan.columns, plan.users, number, cells, plan.memo)
 
-    @staticmethod
-    def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
-        _normalize(row, col, f, value)
-
     def _resolve_titles(self, plan: _Plan, rows: list[_Row]) -> None:
         """Reference cells given as titles (e.g. a branch name) become ids, within the writer's
         read scope of the target; unknown or ambiguous titles are row errors."""
@@ -778,7 +769,7 @@ class Importer:
                 f = plan.view.spec.field(name)
                 assert f is not None and f.ref is not None
                 rid = plan.ref_titles.get((f.ref, str(value)))
-                header = next(c.header for c in plan.columns if c.field is f)
+                header = plan.headers[name]
                 if rid is None:
                     row.errors.append((header, _shown(f, value), f"no {f.ref} has this name (within what you may read)"))
                 elif rid < 0:
@@ -792,7 +783,7 @@ class Importer:
         for col in plan.columns:
             f = col.field
             if f is not None and row.cells.get(f.name) is not None:
-                self._normalize(row, col, f, row.cells[f.name])
+                _normalize(row, col, f, row.cells[f.name])
 
     def _complete(self, plan: _Plan, row: _Row) -> None:
         """A new record's defaults and owner; required fields it lacks are errors (the cells
@@ -804,8 +795,13 @@ class Importer:
 
     def _match(self, plan: _Plan, options: ImportOptions, rows: list[_Row], seen: dict[Any, int]) -> None:
         """Within-file and database duplicates of the key, then the other unique fields."""
-        v = plan.view
         key = plan.key
+        index = self.records.blind_index_for(plan.view.spec)
+        key_header = plan.key_column.header if plan.key_column else None
+
+        def key_cell(row: _Row) -> tuple[str | None, str | None]:
+            return key_header, _shown(key, row.cells.get(key.name if key else "id"))
+
         keyed: list[_Row] = []
         by_key: dict[Any, _Row] = {}
         for row in rows:
@@ -813,17 +809,17 @@ class Importer:
                 row.key = row.cells.get("id")
             else:
                 value = row.values.get(key.name)
-                row.key = None if value is None else (self.records.blind_index_for(v.spec)(key, value) if key.encrypted else FIELD_TYPES[key.type].dump(value))
+                row.key = None if value is None else (index(key, value) if key.encrypted else FIELD_TYPES[key.type].dump(value))
             if row.key is None:
                 if options.mode == "upsert" and key is None:
-                    row.errors.append((plan.key_column.header if plan.key_column else "id", None, "the key is empty"))
+                    row.errors.append((key_header or "id", None, "the key is empty"))
                 continue
             first = by_key.get(row.key)
             earlier = seen.get(row.key)
             if first is not None or earlier is not None:
                 where = first.number if first is not None else earlier
                 if options.dedupe == "error":
-                    row.errors.append((plan.key_column.header if plan.key_column else None, _shown(key, row.cells.get(key.name if key else "id")), f"duplicate of row {where}"))
+                    row.errors.append((*key_cell(row), f"duplicate of row {where}"))
                     continue
                 if options.dedupe == "skip":
                     row.target = -1
@@ -844,14 +840,13 @@ class Importer:
                     row.errors.append(("id", _shown(None, row.key), "no record with this id"))
                 continue
             rid, may_update = hit
-            shown = (plan.key_column.header if plan.key_column else None, _shown(key, row.cells.get(key.name if key else "id")))
             if options.mode == "insert" and options.dedupe == "skip":
                 row.target = -1
             elif not may_update:
                 # a record outside the writer's scope: the answer the API's create gives, no more
-                row.errors.append((*shown, "is already used by another record"))
+                row.errors.append((*key_cell(row), "is already used by another record"))
             elif options.mode == "insert" and options.dedupe == "error":
-                row.errors.append((*shown, "already exists"))
+                row.errors.append((*key_cell(row), "already exists"))
             else:
                 row.target = rid
 
@@ -868,7 +863,7 @@ class Importer:
         else:
             expr = field_expr(t, plan.key)
         may = self.records.authz.scope_clause(v.principal, v.spec, t, "update", strict=True)
-        flag = (may if may is not None else (t.c.id == t.c.id)).label("may")
+        flag = (may if may is not None else true()).label("may")
         out: dict[Any, tuple[int, bool]] = {}
         with self.runtime.engine.connect() as conn:
             for chunk in _chunks(keys, 1000):
@@ -894,7 +889,7 @@ class Importer:
                     continue
                 k = index(f, value) if f.encrypted else value
                 if k in values:
-                    row.errors.append((self._header(plan, f), _shown(f, row.cells.get(f.name)), f"duplicate of row {values[k].number}"))
+                    row.errors.append((plan.headers.get(f.name, f.name), _shown(f, row.cells.get(f.name)), f"duplicate of row {values[k].number}"))
                     continue
                 values[k] = row
             if not values:
@@ -905,11 +900,7 @@ class Importer:
                     for r in conn.execute(select(t.c.id, expr.label("k")).where(member_of(expr, chunk, self.runtime.dialect))):
                         hit = values.get(r.k)
                         if hit is not None and hit.target != r.id and not hit.errors:
-                            hit.errors.append((self._header(plan, f), _shown(f, hit.cells.get(f.name)), "is already used by another record"))
-
-    @staticmethod
-    def _header(plan: _Plan, f: FieldSpec) -> str:
-        return next((c.header for c in plan.columns if c.field is f), f.name)
+                            hit.errors.append((plan.headers.get(f.name, f.name), _shown(f, hit.cells.get(f.name)), "is already used by another record"))
 
     def _write(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], conn: Connection) -> dict[str, list[_Row]]:
         """Insert new rows, update matched ones, then check scope and rules; ``_Redo`` if any fail."""
@@ -975,7 +966,7 @@ class Importer:
                 found |= {r.id for r in conn.execute(select(target.c.id).where(member_of(target.c.id, chunk, self.runtime.dialect), target.c.retained_at.is_(None)))}
             for r in rows:
                 if r.values.get(f.name) is not None and r.values[f.name] not in found:
-                    bad[r.number] = f"{self._header(plan, f)}: no {f.ref} with this id"
+                    bad[r.number] = f"{plan.headers.get(f.name, f.name)}: no {f.ref} with this id"
         if bad:
             raise _Redo(bad)
 

@@ -65,18 +65,15 @@ def backup_command(file: str) -> None:
     except FinCRMError as exc:
         raise click.ClickException(exc.message) from None
     elapsed = time.monotonic() - started
-    with runtime.begin() as conn:
-        audit.append(
-            conn,
-            audit.AuditEntry(
-                actor=ACTOR,
-                action="backup",
-                detail={"file": Path(file).name, "sha256": manifest["dump"]["sha256"], "rows": sum(manifest["tables"].values())},
-            ),
-        )
+    _audit(runtime, "backup", {"file": Path(file).name, "sha256": manifest["dump"]["sha256"], "rows": sum(manifest["tables"].values())})
     click.echo(f"backup written to {file} in {elapsed:.1f}s")
     for line in _describe(manifest):
         click.echo(line)
+
+
+def _audit(runtime: Any, action: str, detail: dict[str, Any]) -> None:
+    with runtime.begin() as conn:
+        audit.append(conn, audit.AuditEntry(actor=ACTOR, action=action, detail=detail))
 
 
 @click.command("restore")
@@ -109,15 +106,7 @@ def restore_command(file: str, yes: bool) -> None:
         raise click.ClickException(exc.message) from None
     elapsed = time.monotonic() - started
     manifest = checked.manifest
-    with runtime.begin() as conn:
-        audit.append(
-            conn,
-            audit.AuditEntry(
-                actor=ACTOR,
-                action="restore",
-                detail={"file": Path(file).name, "backup_created_at": manifest["created_at"], "sha256": manifest["dump"]["sha256"], "ok": report["ok"]},
-            ),
-        )
+    _audit(runtime, "restore", {"file": Path(file).name, "backup_created_at": manifest["created_at"], "sha256": manifest["dump"]["sha256"], "ok": report["ok"]})
     click.echo(f"restored in {elapsed:.1f}s: {report['tables']} tables, {report['rows']:,} rows")
     for m in report["mismatches"]:
         click.echo(f"  row count of {m['table']}: {m['found']} (backup: {m['expected']})", err=True)

@@ -19,21 +19,20 @@ from flask.cli import with_appcontext
 from ..errors import FinCRMError
 from ..io.importer import DEDUPE, MODES, ON_ERROR, ImportOptions
 from ..security.principal import Principal
-from .imports_api import importer
+from .imports_api import importer, load_current_state
 
 __all__ = ["add_commands"]
 
 
-def _principal(username: str | None) -> Principal:
+def _principal(username: str | None, policy_version: int) -> Principal:
     if username is None:
         return Principal.system("import")
     from .auth import principal_for_user_id
-    from .context import services
 
     user = current_app.appbuilder.sm.find_user(username=username)  # type: ignore[attr-defined]
     if user is None:
         raise click.ClickException(f"no user {username!r}")
-    entry = principal_for_user_id(int(user.id), services().runtime.stamps()[1])
+    entry = principal_for_user_id(int(user.id), policy_version)
     if entry is None:
         raise click.ClickException(f"user {username!r} is disabled")
     return entry[0]
@@ -59,14 +58,8 @@ def add_commands(group: click.Group) -> None:
         on_error: str, batch_size: int, username: str | None, resume: int | None, as_json: bool,
     ) -> None:
         """Import a CSV or XLSX file into ENTITY (GBK/GB18030 and UTF-8 are recognised)."""
-        from .context import services
-
-        svc = services()
-        meta_version, policy_version = svc.runtime.stamps()
-        svc.runtime.snapshot(meta_version)
-        svc.authz.refresh(policy_version)
         imp = importer()
-        principal = _principal(username)
+        principal = _principal(username, load_current_state())
         try:
             if resume is not None:
                 job = imp.job(principal, resume)

@@ -26,7 +26,7 @@ from .api import _json, api
 from .auth import current_principal, principal_for_user_id
 from .context import services
 
-__all__ = ["importer", "run_job_in_app", "submit", "resume_interrupted"]
+__all__ = ["importer", "load_current_state", "run_job_in_app", "submit", "resume_interrupted"]
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _CHUNK = 1 << 20
@@ -44,16 +44,23 @@ def max_bytes() -> int:
     return int(current_app.config.get("FINCRM_IMPORT_MAX_BYTES") or os.environ.get("FINCRM_IMPORT_MAX_BYTES") or 100 * 1024 * 1024)
 
 
+def load_current_state() -> int:
+    """Outside a request (import thread, Celery, CLI): bring this process's metadata snapshot
+    and policy up to the database's stamps; the policy version, for principal lookups."""
+    svc = services()
+    meta_version, policy_version = svc.runtime.stamps()
+    svc.runtime.snapshot(meta_version)
+    svc.authz.refresh(policy_version)
+    return policy_version
+
+
 def run_job_in_app(app: Flask, job_id: int, user_id: int | None) -> dict[str, Any] | None:
     """Run a job as its creator inside an app context (the import thread, Celery, the CLI)."""
     from ..security.principal import Principal
 
     with app.app_context():
-        svc = services()
         imp = importer()
-        meta_version, policy_version = svc.runtime.stamps()
-        svc.runtime.snapshot(meta_version)
-        svc.authz.refresh(policy_version)
+        policy_version = load_current_state()
         if user_id is None:
             principal = Principal.system("import")
         else:
