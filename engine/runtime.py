@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event
 from .flows import tables as _flow_tables  # noqa: F401  (system tables of the automation layer)
 from .flows.conditions import condition_checker
 from .flows.spec import AUTOMATION_KINDS, Automation, build_automation, load_automation_documents
+from .insight.reportspec import build_reports, load_report_documents, report_checker
 from .meta.registry import Registry, build_registry, load_core_documents
 from .security.audit import ensure_head as ensure_audit_head
 from .security.crypto import Keyring
@@ -46,6 +47,9 @@ _STAMP_COLUMNS = [
     select(state_table.c.value).where(state_table.c.key == POLICY_VERSION).scalar_subquery().label("fincrm__policy_v"),
 ]
 
+
+# runtime documents frozen against the registry after it is built: flows, triggers, reports
+_DERIVED_KINDS = (*AUTOMATION_KINDS, "report")
 
 class StaleStamps(Exception):
     """A read ran on metadata or policy that another process has changed meanwhile: the caller
@@ -116,6 +120,7 @@ class Snapshot:
     metadata: MetaData
     tables: Mapping[str, Table]
     automation: Automation = field(default_factory=Automation)
+    reports: Mapping[str, Any] = field(default_factory=dict)  # name → engine.insight.reportspec.ReportSpec
 
     @property
     def version(self) -> int:
@@ -129,6 +134,7 @@ class Runtime:
     secret: bytes
     core_documents: list[dict[str, Any]] = field(default_factory=load_core_documents)
     core_automation: list[dict[str, Any]] = field(default_factory=load_automation_documents)
+    core_reports: list[dict[str, Any]] = field(default_factory=load_report_documents)
     engine: Engine = field(init=False)
     ids: IdAllocator = field(init=False)
 
@@ -170,7 +176,8 @@ class Runtime:
         return [s.to_dict() for s in steps]
 
     def runtime_documents(self, conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        """Newest version of each runtime document: (entity docs, entity overlays, flows and triggers)."""
+        """Newest version of each runtime document: (entity docs, entity overlays, flows,
+        triggers and reports)."""
         d = meta_doc_table
         newest = (
             select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name).subquery()
@@ -182,21 +189,22 @@ class Runtime:
         ).all()
         entities = [dict(r.doc) for r in rows if r.kind == "entity"]
         overlays = [dict(r.doc) for r in rows if r.kind == "entity_overlay"]
-        automation = [dict(r.doc) for r in rows if r.kind in AUTOMATION_KINDS]
+        automation = [dict(r.doc) for r in rows if r.kind in _DERIVED_KINDS]
         return entities, overlays, automation
 
     def build(self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None) -> Snapshot:
         """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored."""
         entities, overlays, automation = self.runtime_documents(conn)
         for doc in extra or []:
-            stored = entities if doc["kind"] == "entity" else automation if doc["kind"] in AUTOMATION_KINDS else overlays
+            stored = entities if doc["kind"] == "entity" else automation if doc["kind"] in _DERIVED_KINDS else overlays
             stored[:] = [d for d in stored if (d["kind"], d["name"]) != (doc["kind"], doc["name"])] + [doc]
         docs = self.core_documents + entities
         registry = build_registry(docs, overlays, version)
         md, tables = build_entity_tables(registry, self.dialect)
         partial = Snapshot(registry, md, tables)
         flows_and_triggers = build_automation(registry, self.core_automation + automation, condition_checker(partial, self.dialect))
-        return Snapshot(registry, md, tables, flows_and_triggers)
+        reports = build_reports(registry, self.core_reports + automation, report_checker(partial, self.dialect))
+        return Snapshot(registry, md, tables, flows_and_triggers, reports)
 
     def _load(self) -> Snapshot:
         with self.engine.connect() as conn:

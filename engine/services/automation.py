@@ -1,4 +1,4 @@
-"""Flow and trigger documents at run time: list, read, create or replace.
+"""Flow, trigger and report documents at run time: list, read, create or replace.
 
 A document is checked against its meta-schema, then committed through the metadata service,
 which builds the whole candidate snapshot with it — every flow and trigger frozen against the
@@ -23,7 +23,7 @@ from .meta import MetaService
 
 __all__ = ["AutomationDocs", "KINDS"]
 
-KINDS = ("flow", "trigger")
+KINDS = ("flow", "trigger", "report")
 
 
 class AutomationDocs:
@@ -38,10 +38,17 @@ class AutomationDocs:
             rows = conn.execute(select(d.c.name, func.max(d.c.version)).where(d.c.kind == kind).group_by(d.c.name)).all()
         return {r[0]: int(r[1]) for r in rows}
 
+    def _documents(self) -> dict[tuple[str, str], Any]:
+        """Every flow, trigger and report document in force, by (kind, name)."""
+        snap = self.runtime.cached_snapshot()
+        docs: dict[tuple[str, str], Any] = dict(snap.automation.documents)
+        docs.update({("report", name): rep.doc for name, rep in snap.reports.items()})
+        return docs
+
     def list(self, principal: Principal, kind: str) -> list[dict[str, Any]]:
         """Summaries of the ``kind`` documents on entities the principal may configure."""
         _kind(kind)
-        docs = self.runtime.cached_snapshot().automation.documents
+        docs = self._documents()
         versions = self._versions(kind)
         items = []
         allowed = False
@@ -54,6 +61,8 @@ class AutomationDocs:
             item = {"name": name, "label": dict(doc["label"]), "entity": doc["entity"], "version": versions.get(name, 0), "source": "runtime" if name in versions else "core"}
             if kind == "flow":
                 item.update(field=doc["field"], states=[s["name"] for s in doc["states"]])
+            elif kind == "report":
+                item.update(columns=[c["name"] for c in doc["columns"]], chart=(doc.get("chart") or {}).get("type"), scheduled="schedule" in doc)
             else:
                 item.update(on=doc["on"], enabled=doc.get("enabled", True))
             items.append(item)
@@ -63,7 +72,7 @@ class AutomationDocs:
 
     def get(self, principal: Principal, kind: str, name: str) -> dict[str, Any]:
         _kind(kind)
-        doc = self.runtime.cached_snapshot().automation.documents.get((kind, name))
+        doc = self._documents().get((kind, name))
         if doc is None:
             self.authz.require(principal, "*", "configure")  # a 404 only to those who may configure
             raise NotFound(f"unknown {kind} {name[:64]!r}")
@@ -80,7 +89,7 @@ class AutomationDocs:
         entity = doc.get("entity")
         # who may: configure on the document's entity (and on the one it replaces)
         self.authz.require(principal, entity if isinstance(entity, str) and entity else "*", "configure")
-        old = self.runtime.cached_snapshot().automation.documents.get((kind, name))
+        old = self._documents().get((kind, name))
         if old is not None and old.get("entity") != entity:
             self.authz.require(principal, str(old["entity"]), "configure")
         errors = schema_errors(kind, doc, (kind, name))

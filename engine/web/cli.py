@@ -242,6 +242,23 @@ def _resume_imports(app: Flask) -> list[dict[str, Any]]:
     return resumed
 
 
+def _web_jobs(app: Flask, report: dict[str, Any], now: Any = None) -> None:
+    """The jobs that need the web layer (accounts, principals): interrupted imports resume,
+    scheduled reports are made as their recipients and queued for delivery."""
+    from engine.web.reports_api import deliver_scheduled_reports
+
+    report["imports_resumed"] = _resume_imports(app)
+    try:
+        delivered = deliver_scheduled_reports(app, now)
+    except Exception as exc:  # reported like any failed job; the pass has done the rest
+        delivered = {"error": type(exc).__name__, "message": str(exc)[:300]}
+        report["ok"] = False
+        report["failed"] = [*report.get("failed", []), "scheduled_reports"]
+    report["scheduled_reports"] = delivered
+    if delivered.get("delivered"):
+        click.echo(f"scheduled reports: {delivered['delivered']} delivered")
+
+
 def _echo_pass(report: dict[str, Any]) -> None:
     """One line per job: status, time and the counts it reported."""
     for job in report["jobs"]:
@@ -269,7 +286,7 @@ def jobs_run(now: str | None, as_json: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--now") from None
     svc = current_app.extensions["fincrm"]
     report = run_pass(svc.runtime, svc.records, now=moment, worker=f"cli:{default_worker()}")
-    report["imports_resumed"] = _resume_imports(current_app._get_current_object())  # type: ignore[attr-defined]
+    _web_jobs(current_app._get_current_object(), report, moment)  # type: ignore[attr-defined]
     if as_json:
         click.echo(json.dumps(report, ensure_ascii=False, indent=1))
     else:
@@ -307,7 +324,7 @@ def _scheduler_worker(seconds: float) -> None:
 
     def one_pass() -> None:
         report = run_pass(svc.runtime, svc.records, worker=name)
-        report["imports_resumed"] = _resume_imports(app)
+        _web_jobs(app, report)
         click.echo(f"jobs pass {'ok' if report['ok'] else 'FAILED: ' + ', '.join(report['failed'])} at {report['now']}")
         _echo_pass(report)
 
