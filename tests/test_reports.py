@@ -16,7 +16,8 @@ from tests.api_helpers import app, assert_error, client, login, shared_app  # no
 
 SYSTEM = Principal.system("test")
 TIERS = (("mass", None, Decimal("50000")), ("gold", Decimal("50000"), Decimal("500000")),
-         ("platinum", Decimal("500000"), Decimal("6000000")), ("private", Decimal("6000000"), None))
+         ("platinum", Decimal("500000"), Decimal("1000000")), ("diamond", Decimal("1000000"), Decimal("6000000")),
+         ("private", Decimal("6000000"), None))
 
 
 def _uid(app: Any, username: str) -> int:
@@ -33,7 +34,8 @@ def _customers(app: Any, n: int = 60, seed: int = 7) -> list[dict[str, Any]]:
     """Customers of rm1 and rm2 with AUMs on and around every tier boundary."""
     rnd = random.Random(seed)
     owners = {"rm1": _uid(app, "rm1"), "rm2": _uid(app, "rm2")}
-    edges = [Decimal("0"), Decimal("49999.99"), Decimal("50000"), Decimal("499999.99"), Decimal("500000"), Decimal("6000000"), Decimal("12000000.5")]
+    edges = [Decimal("0"), Decimal("49999.99"), Decimal("50000"), Decimal("499999.99"), Decimal("500000"), Decimal("999999.99"),
+             Decimal("1000000"), Decimal("6000000"), Decimal("12000000.5")]
     rows = []
     for i in range(n):
         aum = edges[i] if i < len(edges) else Decimal(rnd.randint(0, 900_000_000)) / 100
@@ -74,7 +76,7 @@ def test_aum_tiers_are_computed_in_sql_and_kept_in_each_readers_scope(app: Any, 
             expected_avg = got[r["tier"]][1] / got[r["tier"]][0]
             assert abs(Decimal(str(r["average_aum"])) - expected_avg) < Decimal("0.01")
     cols = {c["name"]: c for c in resp.json["columns"]}
-    assert [o["label"]["zh"] for o in cols["tier"]["options"]] == ["普通", "金卡", "白金", "私行"]
+    assert [o["label"]["zh"] for o in cols["tier"]["options"]] == ["普通", "金卡", "白金", "钻石", "私行"]
 
 
 def test_value_top100_sorts_by_aum_with_related_counts_and_the_readers_masking(app: Any, client: Any, login: Any) -> None:
@@ -259,7 +261,7 @@ def test_scheduled_reports_are_made_as_each_recipient_and_queued_once_per_period
     resp = client.get(f"/api/v1/reports/runs/{run_id}", headers=login("rm1"))
     assert resp.status_code == 200
     got = list(csv.reader(io.StringIO(resp.get_data().decode("utf-8")[1:])))
-    labels = {"普通": "mass", "金卡": "gold", "白金": "platinum", "私行": "private"}
+    labels = {"普通": "mass", "金卡": "gold", "白金": "platinum", "钻石": "diamond", "私行": "private"}
     counted = {labels[r[0]]: int(r[1]) for r in got[1:]}
     assert counted == {k: v[0] for k, v in _expected_tiers([r for r in rows if r["rm"] == "rm1"]).items()}
     # the file is the recipient's: nobody else downloads it

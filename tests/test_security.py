@@ -118,6 +118,9 @@ READ_ROUTES = {
     "/api/v1/import/jobs/<job_id>": "api_import",
     "/api/v1/import/jobs/<job_id>/errors": "api_import",
     "/import/": "page_import",
+    "/api/v1/reports": "reports",
+    "/api/v1/reports/<name>": "reports",
+    "/api/v1/reports/runs/<int:run_id>": "reports",
     "/import/jobs": "page_import",
     "/import/jobs/<int:job_id>/columns": "page_import",
 }
@@ -140,6 +143,8 @@ NO_RECORD_DATA = {
     "/api/v1/meta/entities/<entity>": "metadata (labels, types)",
     "/api/v1/meta/entities/<entity>/schema": "metadata (labels, types)",
     "/api/v1/meta/entities/<entity>/history": "metadata versions",
+    "/api/v1/meta/reports": "report definitions (configure)",
+    "/api/v1/meta/reports/<name>": "report definitions (configure)",
 }
 FAB_ADMIN_PREFIXES = (
     "/users/", "/roles/", "/groups/", "/permissions/", "/permissionviews/", "/viewmenus/",
@@ -295,6 +300,32 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
         bodies.append(job.get_data(as_text=True))  # (the error file shows rm1's own cell, masked)
         after = client.get(f"/api/v1/records/customer/{theirs}", headers=login("rm2")).json
         assert after["version"] == 1 and after["occupation"] != "间谍"
+    elif kind == "reports":
+        # every report rm1 may run, as JSON and as files, and rm2's scheduled report file
+        from engine.web.reports_api import deliver_scheduled_reports
+
+        listed = client.get("/api/v1/reports", headers=rm1)
+        assert listed.status_code == 200 and listed.json["items"]
+        for rep in listed.json["items"]:
+            args = "&".join(f"{p['name']}=2000-01-01" for p in rep["params"] if p["type"] == "date")
+            resp = client.get(f"/api/v1/reports/{rep['name']}?{args}", headers=rm1)
+            assert resp.status_code == 200, (rep["name"], resp.get_data(as_text=True))
+            bodies.append(resp.get_data(as_text=True))
+            if rep["may_export"]:
+                bodies.append(client.get(f"/api/v1/reports/{rep['name']}?format=csv&{args}", headers=rm1).get_data().decode("utf-8", "ignore"))
+        top = client.get("/api/v1/reports/value_top100", headers=rm1).json
+        assert len(top["rows"]) == 1  # rm1's own customer only
+        admin = login("admin")
+        doc = client.get("/api/v1/meta/reports/value_top100", headers=admin).json
+        doc["schedule"] = {"every": "day", "recipients": ["rm2"], "format": "csv"}
+        assert client.put("/api/v1/meta/reports/value_top100", json=doc, headers=admin).status_code == 200
+        assert deliver_scheduled_reports(app, dt.datetime(2026, 12, 1, 1, 0))["delivered"] >= 1
+        note = next(n for n in client.get("/api/v1/notifications", headers=login("rm2")).json["items"] if "/api/v1/reports/runs/" in (n.get("body") or ""))
+        run_id = int(note["body"].split("/api/v1/reports/runs/")[1].split()[0])
+        assert "rm2的客户" in client.get(f"/api/v1/reports/runs/{run_id}", headers=login("rm2")).get_data().decode("utf-8", "ignore")
+        resp = client.get(f"/api/v1/reports/runs/{run_id}", headers=rm1)
+        assert resp.status_code == 404
+        bodies.append(resp.get_data(as_text=True))
     else:
         rm2_job = _rm2s_import_job(client, login) if kind == "page_import" else 0
         _page_session(client, "rm1")

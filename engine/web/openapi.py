@@ -213,6 +213,26 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
             "/api/v1/quality/{entity}/merge": {"post": {"summary": "Merge records into a golden record (survivorship rules, references re-pointed)", "responses": errors}},
             "/api/v1/quality/merges/{id}": {"get": {"summary": "A merge and what it changed", "responses": errors}},
             "/api/v1/quality/merges/{id}/undo": {"post": {"summary": "Undo a merge exactly (409 if the survivor changed since)", "responses": errors}},
+            "/api/v1/reports": {"get": {"summary": "Reports you may run", "responses": errors}},
+            "/api/v1/reports/{name}": {
+                "get": {
+                    "summary": "Run a report in your scope: {columns, rows}; ?format=csv|xlsx downloads it (?<param>=&filter=&limit=&lang=)",
+                    "responses": errors,
+                }
+            },
+            "/api/v1/reports/runs/{id}": {"get": {"summary": "A scheduled report's file, for its recipient", "responses": errors}},
+            "/api/v1/meta/reports": {"get": {"summary": "Report documents"}, "post": {"summary": "Create a report", "responses": errors}},
+            "/api/v1/meta/reports/{name}": {"get": {"summary": "A report document"}, "put": {"summary": "Create or replace a report (refused whole, every error listed)", "responses": errors}},
+            "/api/v1/analytics/rfm": {"get": {"summary": "RFM per customer (?as_of=YYYY-MM-DD): recency, frequency, monetary, 1-5 scores, segments", "responses": errors}},
+            "/api/v1/analytics/rfm/tags": {"post": {"summary": "Tag customers in your scope with their RFM segment", "responses": errors}},
+            "/api/v1/analytics/churn": {"get": {"summary": "Customers at churn risk (?days=90&score=4)", "responses": errors}},
+            "/api/v1/analytics/cross-sell": {"get": {"summary": "Association rules over product holdings (?min_support=&min_confidence=)", "responses": errors}},
+            "/api/v1/analytics/cross-sell/targets": {"get": {"summary": "Customers holding the antecedent but not the consequent", "responses": errors}},
+            "/api/v1/analytics/channels": {"get": {"summary": "Acquisition channels: customers, conversion, cost per customer", "responses": errors}},
+            "/api/v1/analytics/kpis": {"get": {"summary": "Retention rate, cross-sell rate, complaint handling time, monthly activity", "responses": errors}},
+            "/api/v1/analytics/nps": {"get": {"summary": "NPS trend per period", "responses": errors}},
+            "/api/v1/insight/keywords": {"get": {"summary": "Complaint keywords per period (jieba TF-IDF or TextRank)", "responses": errors}},
+            "/api/v1/kb/search": {"get": {"summary": "Knowledge-base full-text search (?q=)", "responses": errors}},
             **paths,
         },
     }
