@@ -55,6 +55,8 @@ __all__ = [
     "make_id_number",
     "make_mobile",
     "sample_aum",
+    "seed_knowledge_base",
+    "KNOWLEDGE_ARTICLES",
 ]
 
 DEMO = Principal.system("demo")
@@ -158,6 +160,12 @@ COMPLAINTS = [
     ("大额存单提前支取利息损失", "客户提前支取大额存单，对按活期利率计息不满，认为办理时未充分告知提前支取规则。", "retail"),
     ("账户被止付未告知", "客户账户因风控原因被临时止付，事先未收到任何通知，影响正常消费，要求尽快解除并说明原因。", "risk"),
     ("基金亏损销售误导", "客户购买的{fund}亏损约{pct}%，认为客户经理销售时未充分揭示风险，风险测评流于形式。", "retail"),
+    ("转账手续费争议", "客户通过手机银行跨行转账{amount}元被收取手续费，认为此前宣传手机银行转账免手续费，要求退还并说明收费依据。", "operations"),
+    ("房贷提前还款受阻", "客户申请房贷提前还款，网点告知需提前两个月预约并支付违约金，客户认为签合同时未说明，要求尽快办理。", "retail"),
+    ("挂失补卡进度慢", "客户借记卡遗失后办理挂失补卡，新卡迟迟未寄到，其间无法正常使用手机银行转账，要求加快办理进度。", "operations"),
+    ("保险理赔进度慢", "客户提交{product}理赔材料已超过{days}周，理赔进度一直显示审核中，多次询问客户经理未获答复。", "claims"),
+    ("小额账户管理费扣收", "客户发现借记卡被扣收小额账户管理费，办卡时未被告知收费标准，要求退还已扣费用并取消收费。", "customer_service"),
+    ("转账限额调整繁琐", "客户需向家人转账{amount}元，手机银行单日转账限额不足，提高限额须本人到网点办理，客户认为流程繁琐。", "operations"),
 ]
 INQUIRIES = [
     ("理财产品赎回规则咨询", "客户咨询{wealth}的赎回规则、到账时间及是否收取赎回费。"),
@@ -889,3 +897,173 @@ def seed_demo(
         if progress is not None:
             progress(n)
     return counts
+
+
+# ------------------------------------------------------------------ knowledge base
+
+# (title, category, keywords, body, published): what branch and contact-centre staff look up
+KNOWLEDGE_ARTICLES: list[tuple[str, str, str, str, bool]] = [
+    ("借记卡挂失与补卡流程", "process", "挂失 补卡 借记卡",
+     "借记卡遗失或被盗后，客户可通过客服热线、手机银行或网点办理口头挂失，口头挂失有效期为五天。"
+     "有效期内客户须本人持有效身份证件到任一网点办理正式挂失，正式挂失七天后可补领新卡，也可同时申请加急补卡。"
+     "代理人办理挂失须出示代理人及客户本人身份证件。挂失后原卡绑定的快捷支付、代扣协议需在新卡到手后重新绑定。", True),
+    ("信用卡挂失与盗刷处理", "process", "信用卡 挂失 盗刷",
+     "发现信用卡遗失或疑似盗刷，请立即致电信用卡客服热线办理挂失并冻结账户。对不认可的交易，客户须在账单日后三十天内提出争议，"
+     "并提供报案回执、本人当日所在地证明等材料。经核实属于盗刷的，按银行卡伪卡交易处理规定办理赔付，处理期间暂停对争议款项计收利息。", True),
+    ("手机银行转账限额说明", "system", "转账限额 手机银行 提额",
+     "手机银行默认单笔转账限额五万元、单日累计二十万元，使用数字证书或U盾可提高至单笔五十万元、单日一百万元。"
+     "客户可在手机银行“安全中心-转账限额”中自行调低限额；调高限额需完成人脸识别，超过默认上限的须本人持身份证件到网点办理。"
+     "新设备首次登录后二十四小时内转账限额为五千元，用于防范电信网络诈骗。", True),
+    ("跨行转账手续费标准", "product", "手续费 跨行转账 收费标准",
+     "通过手机银行、网上银行办理本行及跨行人民币转账免收手续费。柜面跨行转账按金额分档收费：一万元以下每笔五元，"
+     "一万元至十万元每笔十元，十万元以上每笔按金额的万分之一收取、最高五十元。加急汇款另收加急费。收费标准以网点公示的服务价目表为准。", True),
+    ("小额账户管理费减免政策", "compliance", "小额账户管理费 减免 收费",
+     "按照监管要求，我行已对客户指定的一个本行账户（含借记卡）免收小额账户管理费和年费，开户时未指定的，系统默认以最早开立的账户作为免费账户。"
+     "客户对扣收有异议的，客户经理应核实是否为客户唯一账户，确属应免未免的，当日发起退费流程并向客户致歉。", True),
+    ("理财产品赎回规则", "product", "理财产品 赎回 到账时间",
+     "开放式理财产品在开放日十五点前提交的赎回申请按当日净值确认，资金一般于T+1个工作日到账；封闭式理财产品到期前不能赎回，"
+     "到期后本金及收益于到期日后三个工作日内返还至签约账户。现金管理类产品支持每日一万元额度内的快速赎回，实时到账。"
+     "赎回是否收取赎回费以产品说明书为准，客户经理须在销售时提示。", True),
+    ("理财收益与业绩比较基准", "compliance", "业绩比较基准 收益 误导销售",
+     "理财产品的业绩比较基准不代表产品的未来表现和实际收益，不构成对收益的承诺。销售人员不得将业绩比较基准表述为预期收益率或保本收益，"
+     "不得夸大过往业绩。客户因收益低于业绩比较基准投诉的，应调取双录资料核实销售过程，并向客户说明净值波动原因。", True),
+    ("风险测评与产品适当性", "compliance", "风险测评 风险等级 适当性",
+     "个人客户首次购买理财、基金等产品前须完成风险承受能力测评，测评结果有效期一年，到期前客户经理应提醒客户重新测评。"
+     "我行产品风险等级分为R1至R5，客户只能购买与其风险承受能力相匹配的产品；六十五周岁以上客户购买R3及以上产品须执行双录。"
+     "严禁代客户填写问卷或诱导客户修改测评结果。", True),
+    ("房贷提前还款办理指南", "process", "房贷 提前还款 违约金",
+     "个人住房贷款提前还款须提前十五个工作日通过手机银行或经办网点预约，预约成功后在约定日前将还款资金存入还款账户。"
+     "提前还款分为部分提前还款和全部结清，部分提前还款后可选择缩短贷款期限或减少月供。合同约定收取违约金的，违约金一般为提前还款本金的百分之一，"
+     "贷款发放满三年后免收。全部结清后请客户到网点申请办理抵押注销。", True),
+    ("个人消费贷款常见问题", "faq", "消费贷 额度 用途",
+     "个人消费贷款额度根据客户收入、资产和征信情况综合核定，最高五十万元，期限最长五年。贷款资金不得用于购房、证券投资和理财等监管禁止的用途，"
+     "银行将进行受托支付或事后用途检查。还款方式为按月等额本息或先息后本，如需提前还款，可通过手机银行自助办理且不收违约金。", True),
+    ("大额存单购买与转让", "product", "大额存单 转让 利率",
+     "个人大额存单起存金额二十万元，期限有三个月至三年多个档次，利率以发行时公布的为准。大额存单可在手机银行办理转让，"
+     "转让价格由买卖双方协商确定；未到期也可办理提前支取，提前支取部分按活期利率计息。购买时须向客户充分提示提前支取规则。", True),
+    ("大额存单提前支取利息计算", "faq", "提前支取 利息 大额存单",
+     "大额存单提前支取的部分按支取日挂牌活期存款利率计息，未支取部分按原利率继续计息，部分提前支取的次数以产品说明为准。"
+     "客户对利息损失有异议的，应出示购买时签署的产品说明及风险提示书，确认已告知提前支取规则；未充分告知的，按投诉处理流程上报。", True),
+    ("储蓄国债购买与提前兑取", "product", "储蓄国债 提前兑取",
+     "储蓄国债（电子式）每月十日左右发行，客户可通过网点或手机银行购买，每人每期购买上限为五百万元。持有满六个月后可办理提前兑取，"
+     "按实际持有时间和相应档次利率计息，并收取本金千分之一的手续费。国债额度紧张，发行首日上午额度常常售罄，请提前提醒有意向的客户。", True),
+    ("个人养老金账户开立", "process", "个人养老金 开户 税收优惠",
+     "个人养老金资金账户可通过手机银行或网点开立，每人只能开立一个。每年缴存上限一万二千元，缴存额可在个人所得税前扣除，"
+     "领取时按百分之三缴纳个人所得税。资金可用于购买储蓄存款、理财产品、商业养老保险和公募基金，达到领取条件前不能提前支取。", True),
+    ("保险理赔申请与进度查询", "process", "保险理赔 理赔进度 材料",
+     "客户出险后应在四十八小时内报案，并按险种提交理赔申请书、身份证件、银行卡、病历、发票等材料。代理保险产品的理赔由保险公司审核，"
+     "银行负责协助收集材料和跟进进度。理赔超过三十天未结案的，客户经理应主动向保险公司催办并将进度告知客户，避免升级为投诉。", True),
+    ("代理保险犹豫期与退保", "compliance", "犹豫期 退保 保险",
+     "期限一年以上的人身保险产品设有十五天犹豫期，客户在犹豫期内退保的，扣除不超过十元的工本费后退还全部保费。"
+     "犹豫期后退保只能领取保单现金价值，可能造成较大损失。销售时须向客户讲解犹豫期和退保规则，并对六十周岁以上客户执行双录。", True),
+    ("投诉处理流程与时限", "process", "投诉 工单 处理时限",
+     "客户投诉由首问责任人受理并当即登记工单，按投诉内容派发至对应部门：服务类至网点，产品类至零售部，理赔类至理赔岗，风控类至风控部。"
+     "一般投诉须在十五日内办结，复杂投诉不超过三十日，处理过程中每五个工作日向客户反馈进度。办结后由客服中心回访，客户不满意的重新派单。", True),
+    ("NPS回访与低分整改", "process", "NPS 回访 整改",
+     "客户在满意度回访中给出零至六分的，系统自动生成整改工单派给客户经理。客户经理须在四十八小时内回访了解原因，"
+     "制定整改措施并在工单中记录；同一客户连续两次低分的，由网点负责人亲自回访。整改完成三十天后进行二次回访。", True),
+    ("营销电话与客户授权", "compliance", "营销电话 授权 个人信息保护",
+     "根据《个人信息保护法》，向客户进行电话、短信营销须取得客户的营销授权，客户明确拒绝或撤回授权的，应在系统中立即登记并停止营销。"
+     "外呼名单由系统按授权状态自动筛选，严禁使用个人手机号对无授权客户营销。客户投诉营销骚扰的，须在一个工作日内处理并反馈。", True),
+    ("账户止付与解除", "compliance", "止付 冻结 解除",
+     "账户因涉嫌电信网络诈骗、异常交易被风控止付的，客户可携本人身份证件到开户网点说明交易背景，提供相关证明材料，"
+     "经核实无异常后解除止付。司法冻结须由有权机关出具解除冻结通知，网点无权代为解除。止付时应通过短信告知客户原因及解除途径。", True),
+    ("修改预留手机号", "process", "预留手机号 修改 短信通知",
+     "客户更换手机号的，可在手机银行通过人脸识别加原手机验证码自助修改；原手机号已停用的，须本人持身份证件到网点办理。"
+     "修改后，账户变动短信通知、动态验证码均发送至新号码。代办不予受理。", True),
+    ("个人存款证明开立", "process", "存款证明 签证 冻结",
+     "客户办理签证、留学等需要存款证明的，可到网点申请开立，开立时所证明的存款将被冻结至证明有效期结束，期间不能支取。"
+     "每份存款证明收费二十元，同时开具多份的每份另收十元。可开立中英文版本。", True),
+    ("信用卡年费规则", "product", "信用卡 年费 减免",
+     "普卡、金卡首年免年费，当年刷卡满六次可免次年年费；白金卡年费按卡种收取，满足消费金额条件可减免。客户对年费扣收有异议的，"
+     "应核实办卡时告知的年费政策，属于销售人员误导的，为客户办理年费退还并在工单中记录。", True),
+    ("信用卡分期手续费说明", "product", "分期 手续费 信用卡",
+     "信用卡账单分期和消费分期按期收取分期手续费，不同期数费率不同，须在办理前向客户展示年化利率。提前结清分期的，"
+     "剩余未收的手续费是否收取以分期协议为准。不得仅宣传每期费率而回避年化利率。", True),
+    ("手机银行登录与人脸识别常见问题", "system", "手机银行 登录 人脸识别",
+     "手机银行提示“系统繁忙”时，请客户升级到最新版本并切换网络后重试；连续五次密码错误将锁定二十四小时，可通过忘记密码自助重置。"
+     "人脸识别失败多因光线或佩戴口罩，客户可改用短信验证码加交易密码认证。仍无法解决的，请转客服热线技术支持。", True),
+    ("网点排队分流服务规范", "process", "排队 分流 大堂经理",
+     "高峰时段大堂经理应主动询问客户办理的业务，引导可在自助设备、手机银行办理的客户分流；排队超过三十分钟须增开窗口。"
+     "对老年客户、残障客户提供优先服务和专人引导。客户因排队时间长不满的，应致歉并说明分流措施。", True),
+    ("客户资产配置检视话术", "faq", "资产配置 检视 话术",
+     "资产配置检视每半年至少一次。建议以客户的目标和期限为起点：短期流动性资金配置现金管理类产品，中期配置固收类理财和大额存单，"
+     "长期资金视风险承受能力配置基金定投和保险。检视时回顾上次建议的执行情况，避免频繁推荐产品。", True),
+    ("反洗钱客户身份识别要点", "compliance", "反洗钱 身份识别 尽职调查",
+     "开立账户、办理五万元以上现金存取或一次性金融服务时，须核对客户有效身份证件并留存影印件。发现客户身份信息过期的，应提醒客户更新，"
+     "逾期未更新的按规定中止部分业务。对可疑交易应在五个工作日内提交可疑交易报告，不得向客户泄露。", True),
+    ("基金定投开通与终止", "product", "基金定投 开通 终止",
+     "客户可通过手机银行选择基金、扣款日期和金额开通定投，每期最低一百元。连续三期扣款失败的，定投协议自动终止。"
+     "终止定投不影响已购份额，赎回份额按基金赎回规则办理。", True),
+    ("理财到期资金续作提醒（草稿）", "process", "到期 续作 提醒",
+     "理财产品到期前十五天，系统将生成到期提醒任务派给客户经理。客户经理应联系客户确认到期资金安排，有续作意向的推荐同风险等级产品。"
+     "本文待零售部审定后发布。", False),
+]
+
+
+def seed_knowledge_base(records: RecordService, owner: int | None = None) -> int:
+    """The demo knowledge base (~30 articles on products, processes, compliance and FAQs;
+    one an unpublished draft), maintained by ``owner``. Titles already there are skipped, so
+    running it twice adds nothing. Returns the number of articles created."""
+    have: set[str] = set()
+    cursor = None
+    while True:
+        page = records.list(DEMO, "knowledge_article", fields=["title"], limit=500, cursor=cursor)
+        have |= {str(r["title"]) for r in page.items}
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    rows = [
+        {"title": title, "category": category, "keywords": keywords, "body": body, "published": published, "owner": owner}
+        for title, category, keywords, body, published in KNOWLEDGE_ARTICLES
+        if title not in have
+    ]
+    if rows:
+        records.bulk_insert(DEMO, "knowledge_article", rows)
+    return len(rows)
+
+
+# ------------------------------------------------------------------ acquisition costs
+
+# Illustrative cost of acquiring one customer through each channel (CNY): outlets and events
+# cost the most, referrals and the app the least (channel_cost rows feed /analytics/channels).
+CHANNEL_UNIT_COST = {"outlet": 420, "event": 350, "partner": 260, "online": 160, "mobile_app": 90, "referral": 60}
+
+
+def seed_channel_costs(records: RecordService, *, months: int = 24, today: dt.date | None = None, seed: int = 20261128) -> int:
+    """Monthly acquisition costs (``channel_cost``) for the ``months`` months up to ``today``:
+    per channel, the customers it brought in that month (counted in SQL) times its unit cost,
+    ±20% noise (no row for a month without acquisitions). Months already booked for a channel
+    are left alone. Returns the rows created."""
+    from sqlalchemy import String, cast, func, select
+
+    today = today or dt.datetime.now(LOCAL_TZ).date()
+    first = today.replace(day=1)
+    index = first.year * 12 + first.month - 1 - (months - 1)
+    month_days = [dt.date((index + k) // 12, (index + k) % 12 + 1, 1) for k in range(months)]
+    view = records.view(DEMO, "customer")
+    t = view.table
+    opened, channel = t.c.opened_on, t.c.acquisition_channel
+    month_key = func.substr(cast(opened, String(10)), 1, 7)  # 'YYYY-MM' on both databases
+    stmt = (
+        select(channel, month_key.label("m"), func.count().label("n"))
+        .where(view.scope(), opened >= month_days[0], opened <= today, channel.is_not(None))
+        .group_by(channel, month_key)
+    )
+    with records.runtime.engine.connect() as conn:
+        acquired = {(r[0], r[1]): int(r[2]) for r in conn.execute(stmt)}
+    booked = records.list(DEMO, "channel_cost", filter={"field": "month", "op": "gte", "value": month_days[0].isoformat()}, limit=500, fields=["channel", "month"])
+    have = {(r["channel"], r["month"]) for r in booked.items}
+    rng = random.Random(seed)
+    rows = []
+    for day in month_days:
+        for ch, unit in CHANNEL_UNIT_COST.items():
+            if (ch, day.isoformat()) in have:
+                continue
+            n = acquired.get((ch, day.isoformat()[:7]), 0)
+            if n:
+                cost = n * unit * rng.uniform(0.8, 1.2)
+                rows.append({"channel": ch, "month": day.isoformat(), "cost": _money(cost), "note": "演示数据"})
+    if rows:
+        records.bulk_insert(DEMO, "channel_cost", rows)
+    return len(rows)

@@ -119,6 +119,18 @@ READ_ROUTES = {
     "/api/v1/import/jobs/<job_id>/errors": "api_import",
     "/import/": "page_import",
     "/api/v1/reports": "reports",
+    "/reports/": "page_insight",
+    "/reports/<name>": "page_insight",
+    "/dashboard/": "page_insight",
+    "/api/v1/insight/keywords": "insight",
+    "/api/v1/kb/search": "insight",
+    "/api/v1/analytics/nps": "insight",
+    "/api/v1/analytics/rfm": "analytics",
+    "/api/v1/analytics/churn": "analytics",
+    "/api/v1/analytics/cross-sell": "analytics",
+    "/api/v1/analytics/cross-sell/targets": "analytics",
+    "/api/v1/analytics/channels": "analytics",
+    "/api/v1/analytics/kpis": "analytics",
     "/api/v1/reports/<name>": "reports",
     "/api/v1/reports/runs/<int:run_id>": "reports",
     "/import/jobs": "page_import",
@@ -300,6 +312,45 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
         bodies.append(job.get_data(as_text=True))  # (the error file shows rm1's own cell, masked)
         after = client.get(f"/api/v1/records/customer/{theirs}", headers=login("rm2")).json
         assert after["version"] == 1 and after["occupation"] != "间谍"
+    elif kind == "insight":
+        # rm2's complaint (a distinctive word, rm2's mobile) and a low NPS score of rm2's customer
+        h2 = login("rm2")
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ticket = {"subject": "保险箱租赁投诉", "customer": theirs, "category": "complaint", "status": "new", "opened_at": now,
+                  "description": "客户投诉保险箱租赁手续费过高，保险箱钥匙遗失，联系电话13900139000"}
+        assert client.post("/api/v1/records/ticket", json=ticket, headers=h2).status_code == 201
+        assert client.post("/api/v1/records/survey_response", json={"customer": theirs, "survey": "nps", "score": 2, "responded_at": now}, headers=h2).status_code == 201
+        theirs_kw = client.get("/api/v1/insight/keywords?period=month&periods=1", headers=h2).get_data(as_text=True)
+        assert "保险箱" in theirs_kw  # rm2 sees the keyword of their own customer's complaint
+        resp = client.get("/api/v1/insight/keywords?period=month&periods=1", headers=rm1)
+        assert resp.status_code == 200 and "保险箱" not in resp.get_data(as_text=True)
+        bodies.append(resp.get_data(as_text=True))
+        resp = client.get("/api/v1/analytics/nps?period=month&periods=1", headers=rm1)
+        assert resp.status_code == 200 and sum(i["responses"] for i in resp.json["items"]) == 0
+        bodies.append(resp.get_data(as_text=True))
+        for q in ("保险箱", "手续费"):  # (the knowledge base holds no customer data; terms echo the query)
+            resp = client.get("/api/v1/kb/search", query_string={"q": q}, headers=rm1)
+            assert resp.status_code in (200, 400)
+            bodies.append(resp.get_data(as_text=True))
+    elif kind == "analytics":
+        h2 = login("rm2")
+        product = client.post("/api/v1/records/product", json={"code": "W1", "name": "稳健理财", "type": "wealth", "risk_level": "R2"}, headers=login("admin"))
+        assert product.status_code == 201, product.json
+        for who, cid in (("rm1", world["customers"]["rm1"]), ("rm2", theirs)):
+            h = login(who)
+            txn = {"customer": cid, "amount": "1000.00", "direction": "in", "channel": "online", "occurred_at": "2026-01-05T10:00:00Z"}
+            assert client.post("/api/v1/records/transaction", json=txn, headers=h).status_code == 201
+            assert client.post("/api/v1/records/holding", json={"customer": cid, "product": product.json["id"], "amount": "1000.00", "start_date": "2026-01-05"}, headers=h).status_code == 201
+        assert theirs in [i["customer"] for i in client.get("/api/v1/analytics/rfm?as_of=2026-02-01", headers=h2).json["items"]]
+        paths = ["/api/v1/analytics/rfm?as_of=2026-02-01", "/api/v1/analytics/churn", "/api/v1/analytics/cross-sell?min_support=0.01&min_confidence=0.01",
+                 "/api/v1/analytics/cross-sell/targets?antecedent=wealth&consequent=loan", "/api/v1/analytics/channels", "/api/v1/analytics/kpis"]
+        for path in paths:
+            resp = client.get(path, headers=rm1)
+            assert resp.status_code == 200, (path, resp.get_data(as_text=True))
+            assert all(i.get("customer") != theirs for i in resp.json.get("items", []) if isinstance(i, dict))
+            bodies.append(resp.get_data(as_text=True))
+        rfm = client.get("/api/v1/analytics/rfm?as_of=2026-02-01", headers=rm1).json
+        assert [i["customer"] for i in rfm["items"]] == [world["customers"]["rm1"]] and rfm["total"] == 1
     elif kind == "reports":
         # every report rm1 may run, as JSON and as files, and rm2's scheduled report file
         from engine.web.reports_api import deliver_scheduled_reports
@@ -339,6 +390,7 @@ def test_rm1_cannot_reach_rm2s_customer_through_any_read_route(app: Any, client:
             "page_mywork": ["/mywork/"],
             "page_notifications": ["/notifications/", "/notifications/?unread=1"],
             "page_import": ["/import/", "/import/jobs", f"/import/jobs/{rm2_job}/columns"],
+            "page_insight": ["/reports/", "/reports/value_top100", "/dashboard/"],
         }[kind]
         for path in paths:
             resp = client.get(path)

@@ -60,7 +60,7 @@ def _ensure_user(app: Flask, username: str, role: str, password: str, name: str)
 
 
 def seed_demo_data(app: Flask, customers: int, password: str) -> None:
-    from engine.demo import seed_branches, seed_demo
+    from engine.demo import seed_branches, seed_channel_costs, seed_demo, seed_knowledge_base
     from engine.runtime import POLICY_VERSION
     from engine.security.org import set_staff
     from engine.security.principal import Principal
@@ -86,6 +86,8 @@ def seed_demo_data(app: Flask, customers: int, password: str) -> None:
         owners = [(users[u].id, b) for u, r, b, _ in DEMO_STAFF if r == "relationship_manager"]
         with click.progressbar(length=customers, label=f"生成演示数据 / seeding {customers} customers") as bar:
             counts = seed_demo(svc.records, branches=branches, owners=owners, customers=customers, progress=bar.update)
+        counts["knowledge_article"] = seed_knowledge_base(svc.records, users["admin"].id)
+        counts["channel_cost"] = seed_channel_costs(svc.records)
         click.echo("created: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
