@@ -18,7 +18,7 @@ from engine.config import Settings
 from engine.runtime import Runtime
 from engine.security.policy import CasbinAuthorizer
 from engine.web.api import api
-from engine.web import analytics_api, imports_api, quality_api, reports_api, text_api  # noqa: F401  (their routes join the api blueprint)
+from engine.web import analytics_api, imports_api, interfaces_api, quality_api, reports_api, text_api  # noqa: F401  (their routes join the api blueprint)
 from engine.web.c360 import register_c360
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
@@ -26,7 +26,9 @@ from engine.web.logs import install_log_redaction
 from engine.web.import_page import ImportPage
 from engine.web.insight_pages import InsightPages
 from engine.web.notifications import NotificationsPage
+from engine.web.observe import register_observability
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
+from engine.web.replica import register_replica_routing
 from engine.web.security import FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy
 from engine.web.workbench import WorkbenchView
 
@@ -114,6 +116,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     appbuilder.sm.limiter.exempt(api)
     register_error_handlers(app)
     register_page_helpers(app)
+    register_observability(app)
+    register_replica_routing(app)
     from engine.web.cli import register_cli
 
     register_cli(app)

@@ -13,6 +13,8 @@
 | FINCRM_JWT_MINUTES | 30 | access-token lifetime |
 | FINCRM_AUTO_INIT | 1 | create/upgrade tables when the app starts |
 | FINCRM_LOGIN_RATE_LIMIT | 10 per 20 second | login attempts per client address (form and API) |
+| FINCRM_DATABASE_REPLICA_URLS | (none) | PostgreSQL streaming replicas for read-only work, comma-separated URLs (refused with SQLite) |
+| FINCRM_REPLICA_MAX_LAG | 10 | seconds a replica may trail the primary and still answer reads |
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Settings:
     jwt_minutes: int
     auto_init: bool
     login_rate_limit: str
+    replica_urls: tuple[str, ...] = ()
+    replica_max_lag: float = 10.0
 
     def keyring(self) -> Keyring:
         return Keyring(self.master_key, list(self.previous_keys), self.index_key)
@@ -64,6 +68,7 @@ class Settings:
         url = env.get("FINCRM_DATABASE_URL") or f"sqlite:///{data_dir / 'fincrm.db'}"
         secret = env.get("FINCRM_SECRET_KEY") or _secret_file(data_dir / "secret.key")
         key_file = Path(env.get("FINCRM_MASTER_KEY_FILE") or data_dir / "master.key")
+        replicas = _replica_urls(url, env.get("FINCRM_DATABASE_REPLICA_URLS", ""))
         return cls(
             data_dir=data_dir,
             database_url=url,
@@ -76,4 +81,21 @@ class Settings:
             jwt_minutes=int(env.get("FINCRM_JWT_MINUTES", "30")),
             auto_init=env.get("FINCRM_AUTO_INIT", "1") not in ("0", "false", "no"),
             login_rate_limit=env.get("FINCRM_LOGIN_RATE_LIMIT", "10 per 20 second"),
+            replica_urls=replicas,
+            replica_max_lag=float(env.get("FINCRM_REPLICA_MAX_LAG", "10")),
         )
+
+
+def _replica_urls(primary: str, value: str) -> tuple[str, ...]:
+    """The replica URLs of ``FINCRM_DATABASE_REPLICA_URLS``; refused unless primary and replicas
+    are PostgreSQL (SQLite has no replicas: a setting that silently did nothing would mislead)."""
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    if urls and not primary.startswith("postgresql"):
+        raise ValueError(
+            "FINCRM_DATABASE_REPLICA_URLS is set but FINCRM_DATABASE_URL is not PostgreSQL: "
+            "read replicas are PostgreSQL streaming replicas; unset it or use a PostgreSQL primary"
+        )
+    for i, url in enumerate(urls, 1):
+        if not url.startswith("postgresql"):
+            raise ValueError(f"FINCRM_DATABASE_REPLICA_URLS: entry {i} is not a postgresql:// URL")
+    return urls

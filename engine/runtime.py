@@ -4,21 +4,44 @@ Several worker processes run at once. The registry carries a version stamp in
 ``fincrm_state``; :meth:`Runtime.snapshot` compares it with the cached one (one primary-key
 read) and rebuilds the registry and tables when another process moved it. A snapshot is
 immutable, so one request sees one consistent version of the metadata from start to end.
+
+Read routing (PostgreSQL streaming replicas, ``FINCRM_DATABASE_REPLICA_URLS``): writes always go
+to the primary (:meth:`Runtime.begin`); ``runtime.engine`` is resolved on every use. Outside a
+request whose route (:class:`ReadRoute`, handed over by the web layer's route source) allows a
+replica it is the primary. Inside one, the first read once the caller is known picks, in one
+primary round trip, a replica that has replayed the WAL past
+
+- the caller's last write (its LSN, kept in ``fincrm_state`` under ``rw:<user id>`` so every
+  worker process knows it: read-your-writes),
+- the metadata this process loaded (so the tables and columns it expects exist there),
+- the primary's position about ``replica_max_lag`` seconds ago (a stuck replica is not used),
+
+and that stamps have not moved behind this process's back (else the primary answers and the
+usual stale-stamp reload runs). No such replica, or one that fails to connect: the primary.
+The choice holds for the rest of the request; after a write in the request, reads go to the
+primary.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import logging
 import os
 import threading
+import time
 import weakref
+from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, func, insert, select, update
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, create_engine, event, func, insert, literal_column, make_url, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
+from . import metrics
 from .flows import tables as _flow_tables  # noqa: F401  (system tables of the automation layer)
 from .flows.conditions import condition_checker
 from .flows.spec import AUTOMATION_KINDS, Automation, build_automation, load_automation_documents
@@ -30,7 +53,9 @@ from .store.ids import IdAllocator
 from .store.migrate import apply_migration, plan_migration
 from .store.tables import build_entity_tables, meta_doc_table, state_table, system_metadata
 
-__all__ = ["Runtime", "Snapshot", "StaleStamps", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
+__all__ = ["Runtime", "Snapshot", "StaleStamps", "ReadRoute", "Replica", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
+
+log = logging.getLogger("fincrm.replica")
 
 META_VERSION = "meta_version"
 POLICY_VERSION = "policy_version"
@@ -47,6 +72,24 @@ _STAMP_COLUMNS = [
     select(state_table.c.value).where(state_table.c.key == POLICY_VERSION).scalar_subquery().label("fincrm__policy_v"),
 ]
 
+
+def _lsn(expr: Any) -> Any:
+    """A WAL position (pg_lsn) as a byte count, comparable as an integer."""
+    return func.pg_wal_lsn_diff(expr, literal_column("'0/0'::pg_lsn"))
+
+
+_WRITE_KEY = "rw:{}"  # fincrm_state row holding a user's last write LSN
+_PRIMARY_LSN = _lsn(func.pg_current_wal_lsn()).label("lsn")
+_REPLICA_STATE = select(func.pg_is_in_recovery().label("standby"), _lsn(func.pg_last_wal_replay_lsn()).label("replayed"))
+# one primary round trip per routed request: its WAL position, the caller's last write, the stamps
+_ROUTING_STATE = select(
+    _PRIMARY_LSN,
+    select(state_table.c.value).where(state_table.c.key == bindparam("write_key")).scalar_subquery().label("mine"),
+    *_STAMP_COLUMNS,
+)
+_FALLBACK = "fincrm_primary_fallback"  # a replica pool's connection that went to the primary
+_DOWN_SECONDS = 5.0  # a replica that failed is skipped this long
+_MARK_EVERY = 0.5  # seconds between samples of the primary's WAL position
 
 # runtime documents frozen against the registry after it is built: flows, triggers, reports
 _DERIVED_KINDS = (*AUTOMATION_KINDS, "report")
@@ -109,9 +152,88 @@ def make_engine(url: str, *, immediate: bool = False, **kw: Any) -> Engine:
 def _drop_pools(ref: "weakref.ReferenceType[Runtime]") -> None:
     runtime = ref()
     if runtime is not None:
-        runtime.engine.dispose(close=False)
-        if runtime.write_engine is not runtime.engine:
-            runtime.write_engine.dispose(close=False)
+        for engine in runtime.engines():
+            engine.dispose(close=False)
+
+
+def _no_route() -> None:
+    return None
+
+
+@dataclass
+class ReadRoute:
+    """One request's read routing: may its reads use a replica, who is calling (known once the
+    web layer has resolved the principal), the engine chosen, whether the request wrote, and
+    whether a write still has to be remembered (:meth:`Runtime.remember_write`)."""
+
+    user: Callable[[], int | None]
+    replica_ok: bool
+    chosen: Engine | None = None
+    wrote: bool = False
+    unrecorded: bool = False
+
+
+class Replica:
+    """A streaming replica: its read pool, the WAL position it is known to have replayed (a lower
+    bound: replay only moves forward), and until when it is skipped after a failure.
+
+    A connection the pool cannot open on the replica is opened on the primary instead (and
+    dropped once the replica is due to be tried again), so a replica going down fails no read.
+    """
+
+    def __init__(self, url: str, primary: Engine) -> None:
+        self.name = make_url(url).render_as_string(hide_password=True)
+        self.replayed = 0
+        self.down_until = 0.0
+        self.reads = 0  # requests routed here
+        self.failures = 0
+        parsed = make_url(url)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 3}
+        # pre-ping: a dead pooled connection is found at checkout and replaced (on the primary
+        # if the replica is gone) instead of failing the request's statement
+        self.engine = make_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True, connect_args=connect_args)
+        primary_args = primary.dialect.create_connect_args(primary.url)
+
+        @event.listens_for(self.engine, "do_connect")
+        def _connect_or_primary(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+            if self.down_until <= time.monotonic():
+                try:
+                    return dialect.connect(*cargs, **cparams)
+                except dialect.loaded_dbapi.Error as exc:
+                    self.mark_down(exc)
+            record.info[_FALLBACK] = True
+            return dialect.connect(*primary_args[0], **primary_args[1])
+
+        @event.listens_for(self.engine, "checkout")
+        def _retry_replica(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            if record.info.get(_FALLBACK) and self.down_until <= time.monotonic():
+                raise DisconnectionError("replica due to be tried again")  # the pool reconnects
+
+    def mark_down(self, exc: BaseException | str) -> None:
+        self.down_until = time.monotonic() + _DOWN_SECONDS
+        self.failures += 1
+        reason = exc if isinstance(exc, str) else type(exc).__name__
+        log.warning("read replica %s skipped for %.1fs: %s; reads go to the primary", self.name, _DOWN_SECONDS, reason)
+
+    def caught_up(self, need: int, now: float) -> bool:
+        """Has this replica replayed the WAL up to ``need``? Asks it only if not known yet."""
+        if self.down_until > now:
+            return False
+        if self.replayed >= need:
+            return True
+        try:
+            with self.engine.connect() as conn:
+                if conn.connection.info.get(_FALLBACK):
+                    return False  # the replica is down: this pool handed out a primary connection
+                row = conn.execute(_REPLICA_STATE).one()
+        except DBAPIError as exc:
+            self.mark_down(exc)
+            return False
+        if not row.standby or row.replayed is None:
+            self.mark_down("not in recovery (promoted, or not a standby)")
+            return False
+        self.replayed = max(self.replayed, int(row.replayed))
+        return self.replayed >= need
 
 
 @dataclass(frozen=True)
@@ -135,7 +257,7 @@ class Runtime:
     core_documents: list[dict[str, Any]] = field(default_factory=load_core_documents)
     core_automation: list[dict[str, Any]] = field(default_factory=load_automation_documents)
     core_reports: list[dict[str, Any]] = field(default_factory=load_report_documents)
-    engine: Engine = field(init=False)
+    primary_engine: Engine = field(init=False)
     ids: IdAllocator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,19 +265,137 @@ class Runtime:
         # get is one statement, so no BEGIN/ROLLBACK round trips. Writes are transactions (on
         # SQLite taking the write lock up front with BEGIN IMMEDIATE).
         if self.url.startswith("sqlite"):
-            self.engine = make_engine(self.url)
+            self.primary_engine = make_engine(self.url)
             self.write_engine = make_engine(self.url, immediate=True, pool_size=5)
         else:
-            self.engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
+            self.primary_engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
             self.write_engine = make_engine(self.url, pool_size=5, max_overflow=10)
         self.ids = IdAllocator(self.write_engine)
         # Pooled connections must not cross a fork (gunicorn --preload): the child drops them
         # without closing them, as SQLAlchemy recommends, and opens its own.
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _drop_pools(ref))
-        self.dialect = self.engine.dialect.name
+        self.dialect = self.primary_engine.dialect.name
         self._lock = threading.RLock()
         self._snapshot: Snapshot | None = None
+        self.replicas: list[Replica] = []
+        self.replica_max_lag = 10.0
+        self.primary_reads = 0  # routed requests the primary answered
+        self._loaded_lsn = 0  # the primary's WAL position when this process loaded its metadata
+        self._marks: deque[tuple[float, int]] = deque()  # (monotonic time, primary WAL position)
+        self._marks_lock = threading.Lock()
+        self._turn = itertools.count()
+        self._route: Callable[[], ReadRoute | None] = _no_route
+
+    # ------------------------------------------------------------------ read routing
+
+    def use_replicas(self, urls: list[str] | tuple[str, ...], *, max_lag: float = 10.0) -> None:
+        """Route eligible reads to these streaming replicas of the primary (PostgreSQL only)."""
+        if not urls:
+            return
+        if self.dialect != "postgresql":
+            raise ValueError("read replicas need a PostgreSQL primary (FINCRM_DATABASE_URL); SQLite has none")
+        self.replicas = [Replica(u, self.primary_engine) for u in urls]
+        self.replica_max_lag = max(1.0, max_lag)
+
+        # a statement that changes data or schema (not a commit: reading the policy commits too)
+        @event.listens_for(self.write_engine, "after_cursor_execute")
+        def _note_write(_conn: Any, _cursor: Any, _stmt: Any, _params: Any, context: Any, _many: bool) -> None:
+            route = self._route()
+            if route is not None and context is not None and (context.isinsert or context.isupdate or context.isdelete or context.isddl):
+                route.wrote = route.unrecorded = True
+
+        with self.primary_engine.connect() as conn:
+            lsn = int(conn.execute(select(_PRIMARY_LSN)).scalar_one())
+        self._loaded_lsn = max(self._loaded_lsn, lsn)
+        with self._marks_lock:
+            self._marks.clear()
+            self._marks.append((time.monotonic(), lsn))
+
+    def route_source(self, source: Callable[[], ReadRoute | None]) -> None:
+        """Where the current request's route is kept: the web layer keeps it with the request
+        (so that a streamed response, read after the view returned, still has it); None
+        outside a request means the primary."""
+        self._route = source
+
+    def remember_write(self, user_id: int) -> None:
+        """After a request of ``user_id`` wrote: keep the primary's WAL position (at or past
+        that commit) so this user's reads, in any worker, skip replicas that have not replayed it."""
+        if not self.replicas:
+            return
+        stmt = pg_insert(state_table).values(key=_WRITE_KEY.format(int(user_id)), value=_lsn(func.pg_current_wal_lsn()))
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[state_table.c.key], set_={"value": func.greatest(state_table.c.value, stmt.excluded.value)}
+        )
+        with self.write_engine.begin() as conn:
+            conn.execute(stmt)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine for reads: the primary, or the replica chosen for this request."""
+        route = self._route()
+        if route is None or not route.replica_ok or route.wrote:
+            return self.primary_engine
+        if route.chosen is None:
+            user_id = route.user()
+            if user_id is None:
+                return self.primary_engine  # the principal's own loading reads the primary
+            route.chosen = self._choose(user_id)
+        return route.chosen
+
+    def _choose(self, user_id: int) -> Engine:
+        with self.primary_engine.connect() as conn:
+            row = conn.execute(_ROUTING_STATE, {"write_key": _WRITE_KEY.format(user_id)}).one()
+        expected = _EXPECTED.get()
+        if expected is not None and (int(row.fincrm__meta_v), int(row.fincrm__policy_v)) != expected:
+            # this process is behind a metadata or policy change: the primary's statement will
+            # carry the new stamps and the request reloads and runs again
+            return self._primary()
+        now = time.monotonic()
+        need = max(int(row.mine or 0), self._loaded_lsn, self._staleness_floor(now, int(row.lsn)))
+        first = next(self._turn)
+        for i in range(len(self.replicas)):
+            n = (first + i) % len(self.replicas)
+            replica = self.replicas[n]
+            if replica.caught_up(need, now):
+                replica.reads += 1
+                metrics.count_read_route(f"replica{n + 1}")
+                return replica.engine
+        return self._primary()
+
+    def _primary(self) -> Engine:
+        self.primary_reads += 1
+        metrics.count_read_route("primary")
+        return self.primary_engine
+
+    def _staleness_floor(self, now: float, current: int) -> int:
+        """A WAL position from about ``replica_max_lag`` seconds ago (never older than that plus
+        a second): a replica that has not replayed it is too far behind to answer."""
+        horizon = now - self.replica_max_lag
+        with self._marks_lock:
+            marks = self._marks
+            if not marks or now - marks[-1][0] >= _MARK_EVERY:
+                marks.append((now, current))
+            while len(marks) > 1 and marks[1][0] <= horizon:
+                marks.popleft()
+            # marks[0] is now the newest sample from before the horizon, or the oldest after it
+            t, lsn = marks[0]
+            if t < horizon - 2 * _MARK_EVERY and len(marks) > 1:
+                lsn = marks[1][1]  # no traffic for a while: nothing near the horizon, take the next
+            return lsn
+
+    def read_routes(self) -> dict[str, Any]:
+        """Routed requests per target and each replica's state (for metrics and readiness)."""
+        return {
+            "primary": self.primary_reads,
+            "replicas": [
+                {"name": r.name, "reads": r.reads, "failures": r.failures, "replayed": r.replayed, "skipped": r.down_until > time.monotonic()}
+                for r in self.replicas
+            ],
+        }
+
+    def engines(self) -> list[Engine]:
+        return [self.primary_engine, self.write_engine, *(r.engine for r in self.replicas)]
 
     # ------------------------------------------------------------------ schema and metadata
 
@@ -207,7 +447,9 @@ class Runtime:
         return Snapshot(registry, md, tables, flows_and_triggers, reports)
 
     def _load(self) -> Snapshot:
-        with self.engine.connect() as conn:
+        with self.primary_engine.connect() as conn:
+            if self.replicas:
+                self._loaded_lsn = max(self._loaded_lsn, int(conn.execute(select(_PRIMARY_LSN)).scalar_one()))
             version = self._stamp(conn, META_VERSION)
             return self.build(conn, version)
 
@@ -221,8 +463,10 @@ class Runtime:
         every other one on its very next request. (LISTEN/NOTIFY was tried: notifications
         reach other processes asynchronously, so a request right after a change could still
         run on the old metadata.)"""
-        with self.engine.connect() as conn:
-            rows = dict(conn.execute(select(state_table.c.key, state_table.c.value)).all())
+        with self.primary_engine.connect() as conn:
+            rows = dict(
+                conn.execute(select(state_table.c.key, state_table.c.value).where(state_table.c.key.in_((META_VERSION, POLICY_VERSION)))).all()
+            )
         return int(rows[META_VERSION]), int(rows[POLICY_VERSION])
 
     # ------------------------------------------------------------------ optimistic stamps
@@ -291,9 +535,8 @@ class Runtime:
         return self.write_engine.begin()
 
     def dispose(self) -> None:
-        self.engine.dispose()
-        if self.write_engine is not self.engine:
-            self.write_engine.dispose()
+        for engine in self.engines():
+            engine.dispose()
 
 
 def data_dir_key_file(data_dir: Path) -> Path:

@@ -156,6 +156,9 @@ NO_RECORD_DATA = {
     "/api/v1/meta/entities/<entity>/schema": "metadata (labels, types)",
     "/api/v1/meta/entities/<entity>/history": "metadata versions",
     "/api/v1/meta/reports": "report definitions (configure)",
+    "/healthz": "process up",
+    "/readyz": "readiness checks by name",
+    "/metrics": "Prometheus counters (loopback or token)",
     "/api/v1/meta/reports/<name>": "report definitions (configure)",
 }
 FAB_ADMIN_PREFIXES = (
@@ -165,6 +168,9 @@ FAB_ADMIN_PREFIXES = (
 # Read routes a relationship manager may not open at all (403 for rm1, tested below).
 FORBIDDEN_TO_RM = {
     "/api/v1/audit": "/api/v1/audit",
+    "/api/v1/interfaces/calls": "/api/v1/interfaces/calls",
+    "/api/v1/interfaces/dead-letters": "/api/v1/interfaces/dead-letters",
+    "/api/v1/interfaces/connectors": "/api/v1/interfaces/connectors",
     "/api/v1/outbox": "/api/v1/outbox",
     "/api/v1/audit/verify": "/api/v1/audit/verify",
     "/api/v1/staff/<int:user_id>": "/api/v1/staff/{rm2}",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import insert, update
 
+from .. import metrics
 from ..errors import FieldError
 from ..fieldtypes import FIELD_TYPES
 from ..meta.spec import FieldSpec, Label
@@ -135,6 +136,7 @@ def run_job(
     with runtime.begin() as conn:
         conn.execute(update(t).where(t.c.id == run_id).values(status=status, finished_at=utcnow(), detail={**detail, "seconds": seconds}))
     log.info("job %s %s in %.3fs", name, status, seconds)
+    metrics.count_job(name, status, seconds)
     return {"job": name, "run_id": run_id, "status": status, "seconds": seconds, "detail": detail}
 
 

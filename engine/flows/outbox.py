@@ -10,7 +10,8 @@ claimed as ``sending`` with a lease, sent outside any transaction, and settled o
 ``sent``, or ``failed`` and due again after an exponential backoff, or ``dead`` after
 :data:`MAX_ATTEMPTS` attempts (dead letters are listed for operations, who can retry them). A
 worker that dies mid-send leaves its messages ``sending`` until the lease runs out; then they
-are due again (delivery is at least once).
+are due again (delivery is at least once). Each send is one attempt in the interface call log
+(:mod:`engine.flows.interfaces`), numbered by the outbox's own attempt count.
 
 Rows name recipients by reference (a staff user id or a customer record id). A channel gets
 the address from ``resolve(kind, id)`` at send time — a customer's contact data is read through
@@ -29,10 +30,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from sqlalchemy import Boolean, Column, Connection, Integer, MetaData, String, Table, case, inspect, insert, null, or_, select, update
 
+from .. import metrics
 from ..plugins import NotificationChannel, OutboundMessage, notification_channels
 from ..runtime import Runtime, utcnow
 from ..security import audit
 from ..security.principal import Principal
+from .interfaces import Call, Interfaces, summarize
 from .tables import outbox_table
 
 if TYPE_CHECKING:
@@ -246,13 +249,16 @@ def deliver_pending(
     counts = {"claimed": len(rows), "shown": 0, "sent": 0, "failed": 0, "dead": 0}
     external = [r for r in rows if r.channel != DEFAULT_CHANNEL]
     counts["shown"] = len(rows) - len(external)
+    metrics.count_delivery(DEFAULT_CHANNEL, "shown", counts["shown"])
     if external:
         resolver = ContactResolver(runtime, records)
+        calls = Interfaces(runtime)
         for row in external:
             resolver.customers_read.clear()
-            error = _send(row, plugins, resolver)
+            error = _send(row, plugins, resolver, calls)
             status = _settle(runtime, row, now, error, resolver)
             counts[status] += 1
+            metrics.count_delivery(row.channel, status)
             if error is not None:
                 log.warning("outbox message %d via %s: attempt %d failed (%s): %s", row.id, row.channel, row.attempts, status, error)
         resolver.forget()
@@ -261,8 +267,9 @@ def deliver_pending(
     return counts
 
 
-def _send(row: Any, plugins: Mapping[str, NotificationChannel], resolver: ContactResolver) -> str | None:
-    """Hand one message to its channel; the scrubbed error text, or None when it went out."""
+def _send(row: Any, plugins: Mapping[str, NotificationChannel], resolver: ContactResolver, calls: Interfaces) -> str | None:
+    """Hand one message to its channel, as one attempt in the interface call log (numbered by the
+    outbox, which does the retrying); the scrubbed error text, or None when it went out."""
     channel = plugins.get(row.channel)
     if channel is None:
         known = ", ".join(sorted({DEFAULT_CHANNEL, *plugins}))
@@ -271,8 +278,12 @@ def _send(row: Any, plugins: Mapping[str, NotificationChannel], resolver: Contac
         id=row.id, channel=row.channel, recipient_kind=row.recipient_kind, recipient_id=int(row.recipient_id), subject=row.subject,
         body=row.body, source=row.source, entity=row.entity, record_id=row.record_id, created_at=row.created_at, attempt=int(row.attempts),
     )
+    sent = Call(
+        "channel", row.channel, "send",
+        summarize({"message": row.id, "recipient": f"{row.recipient_kind}:{row.recipient_id}", "source": row.source}),
+    )
     try:
-        channel.send(message, resolver)
+        calls.attempt(sent, lambda timeout: channel.send(message, resolver), attempt=int(row.attempts), scrub=resolver.values)
     except Exception as exc:  # any failure of a plugin is a failed attempt: recorded, retried
         return scrub(f"{type(exc).__name__}: {exc}", resolver.values)
     return None

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
+from .. import metrics
 from ..errors import NotFound
 from ..runtime import Runtime, Snapshot, utcnow
 from ..security import audit
@@ -116,6 +117,7 @@ class TriggerEngine:
                     detail={"trigger": trig.name, "records": claimed, "actions": counts, "run_id": run_id, "first_ids": [t.record_id for t in targets[:20]]},
                 ),
             )
+        metrics.count_trigger_firing(trig.name, claimed)
         return {"trigger": trig.name, "fired": claimed, "actions": counts, "seconds": round(time.perf_counter() - started, 3)}
 
     def run(self, name: str, now: dt.datetime | None = None) -> dict[str, Any]:

@@ -660,12 +660,23 @@ class AnalyticsService:
         c = cv.table
         tv = self.records.view(cv.principal, "transaction", snap)
         cust, moment = self._col(tv, "customer"), self._col(tv, "occurred_at")
-        order = [value.desc(), c.c.id] if value is not None else [c.c.id]
         value_col = value if value is not None else cast(null(), _SUM)
-        page_q = (
-            select(c.c.id.label("cid"), value_col.label("value"), score_col.label("last_score"), func.count().over().label("total"))
+        # The at-risk set first, materialised: PostgreSQL then runs the "no recent transaction"
+        # test as one (parallel) hash anti-join, instead of an index probe per customer that a
+        # LIMIT directly over the join invites (bench/README: 2.2 s instead of 4.0 s at 1M × 10M).
+        risk = (
+            select(c.c.id.label("cid"), value_col.label("value"), score_col.label("last_score"))
             .select_from(from_)
-            .where(*where, self._keyset(value, c.c.id, after))
+            .where(*where)
+            .cte("churn_risk")
+        )
+        if self.runtime.dialect == "postgresql":
+            risk = risk.prefix_with("MATERIALIZED")
+        risk_value = risk.c.value if value is not None else None
+        order = [risk.c.value.desc(), risk.c.cid] if value is not None else [risk.c.cid]
+        page_q = (
+            select(risk.c.cid, risk.c.value, risk.c.last_score, func.count().over().label("total"))
+            .where(self._keyset(risk_value, risk.c.cid, after))
             .order_by(*order)
         )
         if limit is not None:

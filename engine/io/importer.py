@@ -71,6 +71,7 @@ from sqlalchemy import (
     update,
 )
 
+from .. import metrics
 from ..errors import BadRequest, FieldError, FinCRMError, NotFound
 from ..fieldtypes import FIELD_TYPES
 from ..flows.approval import ab_user_table
@@ -459,6 +460,7 @@ class Importer:
         failed = options.on_error == "abort" and counts["errors"] > 0
         status = "failed" if failed else "done"
         message = f"{counts['errors']} rows have errors: nothing was imported" if failed else None
+        metrics.count_import_rows(job.entity, counts, dry_run=options.dry_run)
         self._finish(job_id, status, counts, message)
         self._audit_end(principal, job, status, message, counts)
         return self.job(principal, job_id)

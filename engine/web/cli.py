@@ -365,36 +365,11 @@ def _celery_worker(seconds: float, concurrency: int) -> None:
     )
 
 
-@main.command("run")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5000, show_default=True, type=int)
-@click.option("--workers", default=2, show_default=True, type=int)
-def run(host: str, port: int, workers: int) -> None:
-    """Serve under gunicorn (the app is built once, then forked)."""
-    from gunicorn.app.base import BaseApplication
-
-    from engine.web.logs import GUNICORN_ACCESS_FORMAT
-
-    from app import create_app
-
-    class _Server(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("preload_app", True)
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("access_log_format", GUNICORN_ACCESS_FORMAT)  # no query strings: they can hold C2 data
-
-        def load(self) -> Flask:
-            return create_app()
-
-    _Server().run()
-
-
-from . import cli_backup, cli_import  # noqa: E402  (their commands join ``main``)
+from . import cli_backup, cli_import, cli_serve  # noqa: E402  (their commands join ``main``)
 
 cli_backup.add_commands(main)
 cli_import.add_commands(main)
+cli_serve.add_commands(main)  # serve, and run as its alias
 
 
 def register_cli(app: Flask) -> None:

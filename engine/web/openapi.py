@@ -233,6 +233,11 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
             "/api/v1/analytics/nps": {"get": {"summary": "NPS trend per period", "responses": errors}},
             "/api/v1/insight/keywords": {"get": {"summary": "Complaint keywords per period (jieba TF-IDF or TextRank)", "responses": errors}},
             "/api/v1/kb/search": {"get": {"summary": "Knowledge-base full-text search (?q=)", "responses": errors}},
+            "/api/v1/interfaces/calls": {"get": {"summary": "Outbound calls (connectors, channels, feeds): target, status, latency, attempt, masked payload", "responses": errors}},
+            "/api/v1/interfaces/dead-letters": {"get": {"summary": "Outbound calls that failed every attempt", "responses": errors}},
+            "/api/v1/interfaces/dead-letters/{id}/replay": {"post": {"summary": "Replay a dead letter through the interface wrapper", "responses": errors}},
+            "/api/v1/interfaces/connectors": {"get": {"summary": "Data connectors installed", "responses": errors}},
+            "/api/v1/interfaces/connectors/{name}/enrich": {"post": {"summary": "Enrich a customer from a data connector (202 with the dead letter if it failed)", "responses": errors}},
             **paths,
         },
     }
