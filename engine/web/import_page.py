@@ -29,12 +29,11 @@ from ..security.principal import Principal
 from .auth import current_principal
 from .context import services
 from .imports_api import importer
-from .pages import WHEN, _fresh, _login_redirect, _principal_or_login, _t, display, lang
+from .pages import WHEN, json_principal, translated_messages, _fresh, _login_redirect, _principal_or_login, _t, display, lang
 
 __all__ = ["ImportPage", "importable_entities", "import_fields", "import_nav_link"]
 
 RECENT_JOBS = 20
-MAX_MESSAGES = 50  # per translation request: one 400's details, a job message
 
 
 def importable_entities(principal: Principal) -> list[EntitySpec]:
@@ -111,11 +110,6 @@ def _job_rows(principal: Principal) -> list[dict[str, Any]]:
     return rows
 
 
-def _json_principal() -> Principal:
-    """The caller of a JSON route: 401/403 as JSON (the error handlers see the Accept header)."""
-    _fresh()
-    return current_principal()
-
 
 class ImportPage(BaseView):
     route_base = "/import"
@@ -170,7 +164,7 @@ class ImportPage(BaseView):
     def columns(self, job_id: int) -> Any:
         """Every column header of a job's file and the field each was matched to (None: not
         imported). Only the headers: the cells are the customers' data, shown masked only."""
-        principal = _json_principal()
+        principal = json_principal()
         job = importer().job(principal, job_id)  # 404 for another user's job
         with services().runtime.engine.connect() as conn:
             source = conn.execute(select(import_job_table.c.source).where(import_job_table.c.id == job["id"])).scalar_one()
@@ -185,10 +179,4 @@ class ImportPage(BaseView):
     @expose("/messages", methods=["POST"])
     def messages(self) -> Any:
         """The engine's (English) messages in the user's language: ``{"messages": [...]}``."""
-        _json_principal()  # a signed-in caller with the page's CSRF token
-        body = request.get_json(silent=True)
-        texts = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(texts, list) or len(texts) > MAX_MESSAGES or not all(isinstance(t, str) and len(t) <= 2000 for t in texts):
-            raise BadRequest("send {\"messages\": [text, …]}", [{"field": "messages", "message": f"must be a list of at most {MAX_MESSAGES} texts"}])
-        language = lang()
-        return jsonify({"lang": language, "messages": [translate(t, language) for t in texts]})
+        return translated_messages()

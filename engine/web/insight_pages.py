@@ -15,25 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, request
 from flask_appbuilder import BaseView, expose
 from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 
 from ..errors import BadRequest, FinCRMError, Forbidden, NotFound
 from ..fieldtypes import FIELD_TYPES
-from ..i18n import translate
 from ..insight.reportspec import DATE_BUCKETS, NUMBER_TYPES, ORDERED_TYPES, ReportSpec
 from ..meta.spec import EntitySpec, FieldSpec, Label
 from ..security.principal import Principal
 from .auth import current_principal
 from .context import services
-from .pages import OPS_LABELS, _fresh, _login_redirect, _principal_or_login, _t, lang
+from .pages import OPS_LABELS, translated_messages, _fresh, _login_redirect, _principal_or_login, _t, lang
 from .reports_api import reports
 
 __all__ = ["InsightPages", "insight_nav_links", "editor_fields", "dashboard_cards"]
 
-MAX_MESSAGES = 50  # per translation request
 
 # filter operators the editor offers beyond the list page's (pages.OPS_LABELS)
 EXTRA_OPS = {
@@ -195,11 +193,6 @@ def _report_or_404(name: str) -> ReportSpec:
         raise NotFound("no such report") from None  # the message never echoes the URL
 
 
-def _json_principal() -> Principal:
-    """The caller of a JSON route: 401/403 as JSON (the error handlers see the Accept header)."""
-    _fresh()
-    return current_principal()
-
 
 class InsightPages(BaseView):
     route_base = "/"
@@ -270,13 +263,7 @@ class InsightPages(BaseView):
     @expose("/reports/_messages", methods=["POST"])
     def messages(self) -> Any:
         """The engine's (English) messages in the user's language: ``{"messages": [...]}``."""
-        _json_principal()  # a signed-in caller with the page's CSRF token
-        body = request.get_json(silent=True)
-        texts = body.get("messages") if isinstance(body, dict) else None
-        if not isinstance(texts, list) or len(texts) > MAX_MESSAGES or not all(isinstance(t, str) and len(t) <= 2000 for t in texts):
-            raise BadRequest("send {\"messages\": [text, …]}", [{"field": "messages", "message": f"must be a list of at most {MAX_MESSAGES} texts"}])
-        language = lang()
-        return jsonify({"lang": language, "messages": [translate(t, language) for t in texts]})
+        return translated_messages()
 
     @expose("/dashboard/")
     def dashboard(self) -> Any:

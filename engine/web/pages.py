@@ -84,6 +84,31 @@ def _fresh() -> None:
     refresh_request_state()
 
 
+MAX_MESSAGES = 50  # per translation request: one 400's details, a job message
+
+
+def json_principal() -> Any:
+    """The caller of a page's JSON route: 401/403 as JSON (the error handlers see the Accept header)."""
+    _fresh()
+    return current_principal()
+
+
+def translated_messages() -> Any:
+    """A page's ``POST …/messages``: the engine's (English) messages in the user's language,
+    ``{"lang", "messages": [...]}``, for a signed-in caller with the page's CSRF token."""
+    from flask import jsonify
+
+    from ..errors import BadRequest
+
+    json_principal()
+    body = request.get_json(silent=True)
+    texts = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(texts, list) or len(texts) > MAX_MESSAGES or not all(isinstance(t, str) and len(t) <= 2000 for t in texts):
+        raise BadRequest("send {\"messages\": [text, …]}", [{"field": "messages", "message": f"must be a list of at most {MAX_MESSAGES} texts"}])
+    language = lang()
+    return jsonify({"lang": language, "messages": [translate(t, language) for t in texts]})
+
+
 def _login_redirect() -> Any:
     return redirect(url_for("AuthDBView.login", next=request.full_path))
 
