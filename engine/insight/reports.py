@@ -29,7 +29,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from openpyxl import Workbook
 from sqlalchemy import (
@@ -65,7 +65,7 @@ from ..flows.spec import resolve_params
 from ..io.export import FORMATS, neutralise
 from ..meta.spec import EntitySpec, FieldSpec
 from ..runtime import Snapshot, utcnow
-from ..security.authz import effective_mask
+from ..security.authz import effective_mask, permits
 from ..security.crypto import aad_for
 from ..security.masking import mask_value
 from ..security.principal import Principal
@@ -167,7 +167,7 @@ class ReportService:
         """The reports this principal may run (read on their entity), dashboard ones first."""
         out = []
         for rep in self.runtime.cached_snapshot().reports.values():
-            if not self._may(principal, rep.entity, "read"):
+            if not permits(self.authz, principal, rep.entity, "read"):
                 continue
             out.append(self.describe(rep, principal))
         out.sort(key=lambda r: ((r["dashboard"] or {}).get("order", 10_000), r["name"]))
@@ -184,16 +184,9 @@ class ReportService:
             "dashboard": dict(rep.dashboard) if rep.dashboard else None,
             "schedule": {"every": rep.schedule["every"], "format": rep.schedule.get("format", "xlsx")} if rep.schedule else None,
             "grouped": rep.grouped,
-            "may_configure": self._may(principal, rep.entity, "configure"),
-            "may_export": self._may(principal, rep.entity, "export"),
+            "may_configure": permits(self.authz, principal, rep.entity, "configure"),
+            "may_export": permits(self.authz, principal, rep.entity, "export"),
         }
-
-    def _may(self, principal: Principal, entity: str, action: str) -> bool:
-        try:
-            self.authz.require(principal, entity, action)
-        except Forbidden:
-            return False
-        return True
 
     # ------------------------------------------------------------------ running
 
@@ -209,13 +202,13 @@ class ReportService:
                 raise BadRequest("limit must be at least 1", [{"field": "limit", "message": "must be at least 1"}])
             cap = min(limit, EXPORT_LIMIT)
         params = self.params(rep, args or {}, now=now)
-        stmt, outs, v = self._statement(principal, rep, params, filter, now=now)
+        stmt, outs = self._statement(principal, rep, params, filter, now=now)
         # a report's own limit (top 100) is its definition; any other cap is reported as a cut
         probe = cap if rep.limit is not None and cap >= rep.limit else cap + 1
         with self.runtime.engine.connect() as conn:
             raw = conn.execute(stmt.limit(probe)).all()
         truncated = len(raw) > cap
-        rows = self._convert(v, outs, raw[:cap])
+        rows = self._convert(outs, raw[:cap])
         return {
             "report": rep.name,
             "label": rep.label.to_dict(),
@@ -246,7 +239,7 @@ class ReportService:
 
     def _statement(
         self, principal: Principal, rep: ReportSpec, params: Mapping[str, Any], extra_filter: Any, *, now: dt.datetime | None = None
-    ) -> tuple[Any, builtins.list[_Out], Any]:
+    ) -> tuple[Any, builtins.list[_Out]]:
         records = self.records
         snap = self.runtime.cached_snapshot()
         dialect = self.runtime.dialect
@@ -409,13 +402,13 @@ class ReportService:
             order = [g.asc() for g in group_by] if grouped else []
         if not grouped:
             order.append(table.c.id.desc())
-        return stmt.order_by(*order), outs, v
+        return stmt.order_by(*order), outs
 
     def _require_clear(self, view: Any, f: FieldSpec, how: str) -> None:
         if f.encrypted or not view.clear(f):
             raise Forbidden(f"{f.name} is masked for your role: it cannot be {how} in a report")
 
-    def _convert(self, v: Any, outs: builtins.list[_Out], raw: Sequence[Any]) -> builtins.list[builtins.list[Any]]:
+    def _convert(self, outs: builtins.list[_Out], raw: Sequence[Any]) -> builtins.list[builtins.list[Any]]:
         decrypt = self.runtime.keyring.decrypt
         rows = []
         for r in raw:
@@ -680,8 +673,4 @@ def render_file(result: Mapping[str, Any], fmt: str, lang: str, rep: ReportSpec)
         fh.seek(0)
         return fh.read()
 
-
-def iter_chunks(content: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
-    for i in range(0, len(content), size):
-        yield content[i : i + size]
 

@@ -18,7 +18,7 @@ from ..fieldtypes import FIELD_TYPES
 from ..meta.spec import EntitySpec, FieldSpec
 from .principal import Principal
 
-__all__ = ["Authorizer", "BasicAuthorizer", "ACTIONS", "FieldAccess", "effective_mask"]
+__all__ = ["Authorizer", "BasicAuthorizer", "ACTIONS", "FieldAccess", "effective_mask", "permits"]
 
 ACTIONS = ("read", "create", "update", "delete", "export", "import", "approve", "unmask", "configure")
 
@@ -55,6 +55,16 @@ class Authorizer(Protocol):
     ) -> ColumnElement[bool] | None: ...
 
     def field_access(self, principal: Principal, spec: EntitySpec, f: FieldSpec) -> FieldAccess: ...
+
+
+def permits(authz: Authorizer, principal: Principal, entity: str, action: str) -> bool:
+    """``require`` as a yes/no answer: for pages and listings that show or hide what a
+    principal may do, rather than refuse the request."""
+    try:
+        authz.require(principal, entity, action)
+    except Forbidden:
+        return False
+    return True
 
 
 class BasicAuthorizer:

@@ -43,7 +43,6 @@ from sqlalchemy import DateTime, Interval, and_, cast, func, literal, select, tr
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.expression import Exists
 
-from ..errors import Forbidden
 from ..fieldtypes import FIELD_TYPES, LOCAL_TZ
 from ..meta.spec import FieldSpec, Label
 from ..runtime import Runtime
@@ -51,6 +50,7 @@ from ..security.consent import PURPOSES, consent_clause
 from ..security.principal import Principal
 from ..store.query import field_expr
 from ..store.tables import tag_table
+from ..security.authz import permits
 from .access import access_request_table
 from .records import MAX_LIMIT, RecordService
 
@@ -178,11 +178,7 @@ class Customer360:
     def _readable(self, principal: Principal, entity: str) -> bool:
         if entity not in self.runtime.cached_snapshot().registry.entities:
             return False
-        try:
-            self.records.authz.require(principal, entity, "read")
-        except Forbidden:
-            return False
-        return True
+        return permits(self.records.authz, principal, entity, "read")
 
     def _section(self, principal: Principal, entity: str, cid: int) -> Section | None:
         """Up to ``limits[entity]`` records of ``entity`` on this customer, in the reader's scope.

@@ -25,6 +25,7 @@ from ..meta.spec import EntitySpec, FieldSpec
 from ..security.principal import Principal
 from ..services.access import DEFAULT_MINUTES
 from ..services.customer360 import Customer360, MyWork
+from ..security.authz import permits
 from .auth import current_principal, optimistic_read, refresh_request_state
 from .context import services
 from .pages import display, lang, money
@@ -133,7 +134,7 @@ class Customer360Pages(BaseView):
             return _login_redirect()
         cells = _Cells()
         customer = data["customer"]
-        may_request = bool(data["masked_fields"]) and _may(principal, "access_requests", "create")
+        may_request = bool(data["masked_fields"]) and permits(services().authz, principal, "access_requests", "create")
         return self.render_template(
             "fincrm/c360.html",
             data=data,
@@ -209,14 +210,6 @@ class MyWorkPage(BaseView):
         return self.render_template(
             "fincrm/mywork.html", data=data, cells=cells, stages=stages, lang=lang(),
         )
-
-
-def _may(principal: Principal, entity: str, action: str) -> bool:
-    try:
-        services().authz.require(principal, entity, action)
-    except Forbidden:
-        return False
-    return True
 
 
 def _local(moment: Any) -> str:

@@ -26,6 +26,7 @@ from ..io.importer import DEDUPE, MODES, ON_ERROR, import_job_table
 from ..io.sources import open_source
 from ..meta.spec import EntitySpec
 from ..security.principal import Principal
+from ..security.authz import permits
 from .auth import current_principal
 from .context import services
 from .imports_api import importer
@@ -39,14 +40,7 @@ RECENT_JOBS = 20
 def importable_entities(principal: Principal) -> list[EntitySpec]:
     """The entities ``principal`` may import, in the registry's order."""
     svc = services()
-    out = []
-    for spec in svc.runtime.cached_snapshot().registry.entities.values():
-        try:
-            svc.authz.require(principal, spec.name, "import")
-        except Forbidden:
-            continue
-        out.append(spec)
-    return out
+    return [spec for spec in svc.runtime.cached_snapshot().registry.entities.values() if permits(svc.authz, principal, spec.name, "import")]
 
 
 def import_fields(principal: Principal, spec: EntitySpec) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from ..fieldtypes import FIELD_TYPES
 from ..insight.reportspec import DATE_BUCKETS, NUMBER_TYPES, ORDERED_TYPES, ReportSpec
 from ..meta.spec import EntitySpec, FieldSpec, Label
 from ..security.principal import Principal
+from ..security.authz import permits
 from .auth import current_principal
 from .context import services
 from .pages import OPS_LABELS, translated_messages, _fresh, _login_redirect, _principal_or_login, _t, lang
@@ -71,14 +72,6 @@ KPI_API = "/api/v1/analytics/kpis"
 
 def _label(label: Label) -> dict[str, str]:
     return label.to_dict()
-
-
-def _may(principal: Principal, entity: str, action: str) -> bool:
-    try:
-        services().authz.require(principal, entity, action)
-    except Forbidden:
-        return False
-    return True
 
 
 def may_read_customers(principal: Principal) -> bool:
@@ -137,7 +130,7 @@ def editor_fields(principal: Principal, spec: EntitySpec) -> list[dict[str, Any]
         if access.view == "hidden":
             continue
         out.append(_field_entry(f, f.name, _label(f.label), view.clear(f)))
-        if f.type != "ref" or f.ref is None or f.ref not in registry.entities or not _may(principal, f.ref, "read"):
+        if f.type != "ref" or f.ref is None or f.ref not in registry.entities or not permits(services().authz, principal, f.ref, "read"):
             continue
         target = registry.entities[f.ref]
         tview = svc.records.view(principal, target.name)

@@ -17,11 +17,11 @@ from flask import abort, flash, redirect, request, url_for
 from flask_appbuilder import BaseView, expose
 from flask_wtf.csrf import generate_csrf
 
-from ..errors import FinCRMError, Forbidden
+from ..errors import FinCRMError
 from ..fieldtypes import FIELD_TYPES
 from ..i18n import translate
 from ..meta.spec import EntitySpec, FieldSpec
-from ..security.authz import effective_mask
+from ..security.authz import effective_mask, permits
 from ..security.masking import mask_value
 from .context import services
 from .pages import _fresh, _login_redirect, _principal_or_login, _t, display, lang
@@ -519,11 +519,7 @@ def _configured(principal: Any, entity: str) -> EntitySpec:
 
 
 def _may_edit_roles(principal: Any) -> bool:
-    try:
-        services().authz.require(principal, "meta_roles", "configure")
-    except Forbidden:
-        return False
-    return True
+    return permits(services().authz, principal, "meta_roles", "configure")
 
 
 def _sections_text(spec: EntitySpec) -> str:
