@@ -39,8 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.api_helpers import STAFF, Logins, app_config, dispose  # noqa: E402
-from tests.conftest import TEST_PASSWORD  # noqa: E402
+from tests.api_helpers import Logins, add_staff, app_config, dispose  # noqa: E402
 from tests.pgcluster import require_binaries, start_primary  # noqa: E402
 
 CUSTOMERS = "/api/v1/records/customer"
@@ -50,11 +49,7 @@ def make_app(data_dir: Path, url: str) -> Any:
     from app import create_app
 
     application = create_app(app_config(str(data_dir), url))
-    with application.app_context():
-        sm = application.appbuilder.sm
-        for username, role in STAFF:
-            if sm.find_user(username=username) is None:
-                sm.add_user(username, username, "Test", f"{username}@test.local", [sm.find_role(role)], password=TEST_PASSWORD)
+    add_staff(application)
     return application
 
 

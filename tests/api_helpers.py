@@ -64,6 +64,15 @@ def _drop_shared_postgres() -> None:
     engine.dispose()
 
 
+def add_staff(application: Any) -> None:
+    """The usual staff accounts (``STAFF``), those not there yet."""
+    with application.app_context():
+        sm = application.appbuilder.sm
+        for username, role in STAFF:
+            if sm.find_user(username=username) is None:
+                sm.add_user(username, username, "Test", f"{username}@test.local", [sm.find_role(role)], password=TEST_PASSWORD)
+
+
 @contextlib.contextmanager
 def module_app(tmp: Path) -> Iterator[Any]:
     """A full app with the usual staff accounts, for a whole test module."""
@@ -71,10 +80,7 @@ def module_app(tmp: Path) -> Iterator[Any]:
 
     url = _shared_postgres_url() if TEST_DB_URL else f"sqlite:///{tmp / 'fincrm-module.db'}"
     application = create_app(app_config(str(tmp / "data"), url))
-    with application.app_context():
-        sm = application.appbuilder.sm
-        for username, role in STAFF:
-            sm.add_user(username, username, "Test", f"{username}@test.local", [sm.find_role(role)], password=TEST_PASSWORD)
+    add_staff(application)
     try:
         yield application
     finally:

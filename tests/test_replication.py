@@ -16,8 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.api_helpers import STAFF, Logins, app_config, dispose
-from tests.conftest import TEST_PASSWORD
+from tests.api_helpers import Logins, add_staff, app_config, dispose
 from tests.pgcluster import Cluster, Node, free_port, require_binaries, start_primary
 
 require_binaries()
@@ -35,11 +34,7 @@ def make_app(data_dir: Path, primary: str, replicas: list[str] | None = None, **
         config["FINCRM_DATABASE_REPLICA_URLS"] = ",".join(replicas)
     config.update(extra)
     application = create_app(config)
-    with application.app_context():
-        sm = application.appbuilder.sm
-        for username, role in STAFF:
-            if sm.find_user(username=username) is None:
-                sm.add_user(username, username, "Test", f"{username}@test.local", [sm.find_role(role)], password=TEST_PASSWORD)
+    add_staff(application)
     return application
 
 
