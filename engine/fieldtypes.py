@@ -5,6 +5,12 @@ SQL, how an incoming value is checked and normalised, how a value is written to 
 Schema fragment, its default mask rule, its form widget and the filter operators it accepts.
 Every other module (store, filters, validation, OpenAPI, pages) looks types up here.
 
+Plugins add rows (the ``fincrm_field_types`` hook, :mod:`engine.plugins`): their types join this
+table when the plugin manager loads, after the manager has checked them against the rules
+:func:`plugin_type_problems` states (a name of their own, a widget, mask rule, JSON reading and
+operators the engine knows). The meta-schema accepts a field ``type`` by asking
+:func:`known_field_type`, so built-in and plugin types are one list.
+
 Input rules shared by all types: text is NFKC-normalised (full-width digits become ASCII) and
 patterns are matched with ``re.fullmatch(..., re.ASCII)``, so neither full-width digits nor a
 trailing newline slip through. Error messages never echo the value (it may be personal data).
@@ -18,7 +24,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -34,7 +40,21 @@ from .errors import FieldError
 from .meta.spec import FieldSpec
 from .sqltypes import IdType, JsonDoc, Money
 
-__all__ = ["FieldType", "FIELD_TYPES", "field_type", "normalize_text", "LOCAL_TZ"]
+__all__ = [
+    "FieldType",
+    "FIELD_TYPES",
+    "BUILTIN_TYPES",
+    "field_type",
+    "known_field_type",
+    "plugin_type_problems",
+    "install_plugin_types",
+    "normalize_text",
+    "LOCAL_TZ",
+    "TEXT_OPS",
+    "EQ_OPS",
+    "COMPARE_OPS",
+    "DATE_OPS",
+]
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -418,3 +438,65 @@ ENCRYPTED_OPS = frozenset({"eq", "in", "is_null"})
 
 def field_type(name: str) -> FieldType:
     return FIELD_TYPES[name]
+
+
+# ---------------------------------------------------------------------- plugin rows
+
+BUILTIN_TYPES = frozenset(FIELD_TYPES)
+TYPE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+KNOWN_WIDGETS = frozenset(t.widget for t in FIELD_TYPES.values())
+KNOWN_OPS = frozenset().union(*(t.ops for t in FIELD_TYPES.values()))
+JSON_READINGS = frozenset({"string", "integer", "numeric", "boolean", "json"})
+
+
+def plugin_type_problems(name: Any, ftype: Any) -> list[str]:
+    """What is wrong with a plugin's row ``name → ftype`` (empty: it may join the table)."""
+    if not isinstance(name, str) or not TYPE_NAME.fullmatch(name):
+        return [f"field type name {str(name)[:40]!r} must match ^[a-z][a-z0-9_]{{0,31}}$"]
+    if name in BUILTIN_TYPES:
+        return [f"field type {name!r} is built in"]
+    if not isinstance(ftype, FieldType):
+        return [f"field type {name!r} must be an engine.fieldtypes.FieldType, not {type(ftype).__name__}"]
+    from .security.masking import MASKS  # masking is below this module; imported when a plugin loads
+
+    problems = []
+    if ftype.name != name:
+        problems.append(f"field type {name!r} is named {ftype.name!r} inside")
+    for attr in ("column", "normalize", "schema", "dump"):
+        if not callable(getattr(ftype, attr)):
+            problems.append(f"field type {name!r}: {attr} must be callable")
+    if not isinstance(ftype.ops, frozenset) or not ftype.ops or not ftype.ops <= KNOWN_OPS:
+        problems.append(f"field type {name!r}: ops must be a non-empty frozenset of {sorted(KNOWN_OPS)}")
+    if ftype.json_as not in JSON_READINGS:
+        problems.append(f"field type {name!r}: json_as must be one of {sorted(JSON_READINGS)}")
+    if ftype.mask is not None and ftype.mask not in MASKS:
+        problems.append(f"field type {name!r}: mask must be one of {sorted(MASKS)} or None")
+    if ftype.widget not in KNOWN_WIDGETS:
+        problems.append(f"field type {name!r}: widget must be one of {sorted(KNOWN_WIDGETS)}")
+    return problems
+
+
+def install_plugin_types(types: Mapping[str, FieldType]) -> None:
+    """Make ``types`` the plugin rows of :data:`FIELD_TYPES` (replacing earlier plugin rows; the
+    built-in rows stay). The plugin manager calls this with rows it has checked."""
+    for name, ftype in types.items():
+        problems = plugin_type_problems(name, ftype)
+        if problems:
+            raise ValueError("; ".join(problems))
+    for name in [n for n in FIELD_TYPES if n not in BUILTIN_TYPES]:
+        del FIELD_TYPES[name]
+    FIELD_TYPES.update(types)
+
+
+def known_field_type(name: Any) -> bool:
+    """Whether ``name`` is a row of the table: a built-in type, or a plugin's once the plugin
+    manager has loaded (loaded here if it has not yet, so a plugin type in stored metadata is
+    known when the metadata is first read)."""
+    if not isinstance(name, str):
+        return False
+    if name in FIELD_TYPES:
+        return True
+    from .plugins import plugin_manager  # the plugin rows join the table when the manager loads
+
+    plugin_manager()
+    return name in FIELD_TYPES

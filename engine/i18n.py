@@ -117,6 +117,11 @@ _FIXED = {
 }
 
 _PATTERNS = [
+    (r"unknown field type; one of (.+)", r"未知的字段类型，可选：\1"),
+    (r"unknown action '([^']+)'.*", r"未知的动作类型“\1”"),
+    (r"package '([^']+)' is invalid", r"模板包“\1”有误"),
+    (r"package '([^']+)' is not published", r"模板包“\1”尚未发布"),
+    (r"unknown package '([^']+)'.*", r"未知的模板包“\1”"),
     (r"has more than (\d+) digits", r"超过\1位数字"),
     (r"has more than (\d+) decimal places", r"小数位超过\1位"),
     (r"is longer than (\d+) characters", r"超过\1个字符"),

@@ -8,9 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
@@ -22,6 +19,7 @@ from engine.flows.interfaces import RetryPolicy, interface_call_table, interface
 from engine.flows.outbox import deliver_pending, enqueue_many
 from engine.security.audit import audit_table
 from tests.api_helpers import app, assert_error, client, login, shared_app  # noqa: F401  (module-wide app)
+from tests.http_fake import HttpFake, Reply
 
 ID_NUMBER = "11010519491231002X"
 MOBILE = "13800138000"
@@ -33,54 +31,25 @@ TIMEOUT = 0.3  # seconds each attempt gets
 BACKOFF = 0.05  # seconds before the second attempt; doubled before each further one
 
 
-class FakeFund:
-    """The fund centre's gateway on 127.0.0.1: answers each request by the next step of its
-    script (``slow`` sleeps past the caller's timeout, ``503``/``400`` fail, ``ok`` answers),
-    and keeps what it received."""
+class FakeFund(HttpFake):
+    """The fund centre's gateway on 127.0.0.1 (tests/http_fake.py): ``play("slow", "503", …)``
+    scripts its next answers (``slow`` answers after the caller's timeout, a number is that
+    HTTP status, ``ok`` the member's status); ``received`` is what it got."""
+
+    OK = Reply(200, {"status": "正常缴存", "monthly_base": "12000.00"})
 
     def __init__(self) -> None:
-        self.script: list[str] = []
-        self.received: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        fake = self
+        super().__init__(default=self.OK)
+        self.url += "/v1/provident-fund/query"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with fake.lock:
-                    fake.received.append({"raw": raw.decode("utf-8", "replace"), "body": json.loads(raw), "at": time.monotonic()})
-                    step = fake.script.pop(0) if fake.script else "ok"
-                try:
-                    if step == "slow":
-                        time.sleep(TIMEOUT * 2)
-                        self._answer(200, {"status": "正常缴存", "monthly_base": "1.00"})
-                    elif step.isdigit():
-                        self._answer(int(step), {"error": "unavailable"})
-                    else:
-                        self._answer(200, {"status": "正常缴存", "monthly_base": "12000.00"})
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the caller gave up waiting: what a timeout looks like from this side
+    def play(self, *steps: Any) -> "FakeFund":
+        replies = {"slow": Reply(200, {"status": "正常缴存", "monthly_base": "1.00"}, delay=TIMEOUT * 2), "ok": self.OK}
+        super().play(*(replies.get(s) or Reply(int(s), {"error": "unavailable"}) for s in steps))
+        return self
 
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body, ensure_ascii=False).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/provident-fund/query"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def received(self) -> list[dict[str, Any]]:
+        return [{"raw": r.text, "body": r.json, "at": r.at} for r in self.requests]
 
 
 @pytest.fixture
@@ -144,7 +113,7 @@ def test_a_connector_that_times_out_then_fails_is_dead_lettered_and_replays_once
     outputs: list[str] = []
 
     # 1. the gateway first hangs past the timeout, then answers 503 twice
-    fund.script[:] = ["slow", "503", "503"]
+    fund.play("slow", "503", "503")
     failed = client.post(ENRICH, json={"customer_id": cid}, headers=ops)
     assert failed.status_code == 202, failed.json
     outputs.append(failed.get_data(as_text=True))
@@ -181,7 +150,7 @@ def test_a_connector_that_times_out_then_fails_is_dead_lettered_and_replays_once
     assert customer.get("provident_fund_status") is None  # nothing stored from the failed call
 
     # 2. the gateway recovers: the replay succeeds in one attempt, the letter is resolved
-    fund.script[:] = ["ok"]
+    fund.play("ok")
     replayed = client.post(f"{LETTERS}/{letter['id']}/replay", headers=ops)
     assert replayed.status_code == 200, replayed.json
     outputs.append(replayed.get_data(as_text=True))
@@ -220,7 +189,7 @@ def test_a_replay_that_fails_keeps_the_letter_with_one_more_attempt(app: Any, cl
     admin, ops = login("admin"), login("ops1")
     _fund_fields(client, admin)
     cid = _customer(client, admin)
-    fund.script[:] = ["503", "503", "503", "503"]
+    fund.play("503", "503", "503", "503")
     letter = client.post(ENRICH, json={"customer_id": cid}, headers=ops).json["dead_letter"]
     again = client.post(f"{LETTERS}/{letter['id']}/replay", headers=ops)
     assert again.status_code == 200 and again.json["ok"] is False
@@ -234,7 +203,7 @@ def test_a_client_error_is_not_retried_but_still_dead_lettered(app: Any, client:
     admin, ops = login("admin"), login("ops1")
     _fund_fields(client, admin)
     cid = _customer(client, admin)
-    fund.script[:] = ["400"]
+    fund.play("400")
     failed = client.post(ENRICH, json={"customer_id": cid}, headers=ops)
     assert failed.status_code == 202 and failed.json["attempts"] == 1 and failed.json["http_status"] == 400
     assert len(fund.received) == 1  # a retry cannot fix a refused request

@@ -1,7 +1,11 @@
 """Actions of triggers and flow states, executed for a set of records inside the caller's
 transaction: tasks, opportunities and tickets are inserted in one batch through the records
 service (validated, encrypted, audited), tags and field updates are set-wise SQL, and
-notifications go to the outbox.
+notifications go to the outbox. Plugin actions (:class:`engine.plugins.TriggerAction`) run for
+the whole set too: what they return is queued in ``fincrm_action_queue`` in the same transaction
+and sent after the commit by :func:`deliver_actions` (a job of the jobs pass), through
+:mod:`engine.flows.interfaces` — every attempt logged, retried with backoff, what still fails a
+dead letter that operations replay. Nothing outbound ever runs inside the transaction.
 
 Who gets the work: the record's owner (for records without one — holdings, transactions — the
 owner of their customer), or that owner's supervisor. Work meant for a supervisor is not
@@ -11,15 +15,20 @@ task escalated back to them). Marketing actions skip customers without active ma
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Select, and_, delete, insert, literal, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..fieldtypes import FIELD_TYPES
+from ..errors import Conflict
 from ..meta.spec import EntitySpec, Label
+from ..plugins import ActionContext, ActionTarget, PluginError, TriggerAction, trigger_actions
+from ..runtime import Runtime, utcnow
 from ..security import audit
 from ..security.consent import consent_clause
 from ..security.org import staff_table
@@ -27,25 +36,25 @@ from ..security.principal import Principal
 from ..store.query import field_expr
 from ..store.tables import tag_table
 from .conditions import local_today
+from .interfaces import Call, Caller, CallFailed, Interfaces, summarize
 from .outbox import DEFAULT_CHANNEL, enqueue_many
 from .spec import CREATES, ActionSpec, customer_field
+from .tables import action_queue_table
 
 if TYPE_CHECKING:
     from ..services.records import RecordService
 
-__all__ = ["Target", "targets_query", "load_targets", "run_actions"]
+__all__ = ["Target", "targets_query", "load_targets", "run_actions", "deliver_actions", "action_replayer", "MAX_DELIVERY"]
+
+log = logging.getLogger("fincrm.actions")
 
 CHUNK = 5000
+MAX_DELIVERY = 64 * 1024  # bytes of JSON a plugin action may queue per delivery
+DELIVERY_LEASE = dt.timedelta(minutes=10)  # a claimed delivery not settled by then is due again
+HOLD_BACK = dt.timedelta(minutes=5)  # wait of deliveries held back (action failing, plugin missing)
 
-
-@dataclass(frozen=True)
-class Target:
-    """One record an action runs for, with the people and customer it concerns."""
-
-    record_id: int
-    owner_id: int | None
-    supervisor_id: int | None
-    customer_id: int | None
+# One record an action runs for (the plugin contract's type: built-in and plugin actions alike).
+Target = ActionTarget
 
 
 def _owner_and_customer(snap: Any, spec: EntitySpec) -> tuple[Any, ColumnElement[Any] | None, ColumnElement[Any] | None]:
@@ -171,6 +180,8 @@ def run_actions(
             n = enqueue_many(conn, rows)
         elif action.type == "set":
             n = _set_values(conn, records, snap, entity, action, todo, now, actor)
+        elif action.plugin:
+            n = _queue_plugin_action(conn, action, entity, todo, now=now, source=source, label=label)
         counts[action.type] = counts.get(action.type, 0) + n
     return counts
 
@@ -260,3 +271,155 @@ def _set_values(
             )
             n += 1
     return n
+
+
+# ---------------------------------------------------------------------- plugin actions
+
+
+def _queue_plugin_action(
+    conn: Connection, action: ActionSpec, entity: str, targets: Sequence[Target], *, now: dt.datetime, source: str, label: Label
+) -> int:
+    """Run a plugin action for ``targets`` and queue what it returns, in ``conn``'s transaction
+    (a rolled-back firing queues nothing). Returns the number of deliveries queued."""
+    if not targets:
+        return 0
+    found = trigger_actions().get(action.type)
+    if found is None:
+        raise PluginError(f"no installed plugin provides action {action.type!r} any more ({source}); install it or change the metadata")
+    context = ActionContext(
+        action=action.type, source=source[:100], entity=entity, targets=tuple(targets), params=copy.deepcopy(dict(action.params)),
+        now=now, label={"zh": label.zh, "en": label.en},
+    )
+    deliveries = found.run(context)
+    if isinstance(deliveries, Mapping) or not isinstance(deliveries, Sequence):
+        raise PluginError(f"action {action.type!r}: run() must return a list of deliveries, not {type(deliveries).__name__}")
+    rows = []
+    for delivery in deliveries:
+        if not isinstance(delivery, Mapping):
+            raise PluginError(f"action {action.type!r}: each delivery must be a JSON object, not {type(delivery).__name__}")
+        try:
+            text = json.dumps(delivery, ensure_ascii=False, allow_nan=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise PluginError(f"action {action.type!r}: a delivery is not plain JSON ({exc})") from None
+        if len(text.encode("utf-8")) > MAX_DELIVERY:
+            raise PluginError(f"action {action.type!r}: a delivery is larger than {MAX_DELIVERY} bytes; split it")
+        rows.append(
+            {
+                "action": action.type, "source": source[:100], "entity": entity, "records": len(targets), "delivery": json.loads(text),
+                "status": "pending", "attempts": 0, "created_at": now, "next_attempt_at": now,
+            }
+        )
+    if rows:
+        conn.execute(insert(action_queue_table), rows)
+    return len(rows)
+
+
+def _call(row: Any) -> Call:
+    """The interface call of one delivery: its references (never its content) are logged, and a
+    dead letter replays it by the queue row's id."""
+    return Call(
+        "action", row.action, "send",
+        summarize({"delivery": row.id, "source": row.source, "entity": row.entity, "records": row.records}),
+        {"delivery_id": int(row.id), "action": row.action},
+        f"system:{row.source}"[:150],
+    )
+
+
+def _sender(action: TriggerAction, delivery: Mapping[str, Any]) -> Callable[[float], None]:
+    def send(timeout: float) -> None:
+        action.send(copy.deepcopy(dict(delivery)), timeout=timeout)
+
+    return send
+
+
+def _claim_deliveries(runtime: Runtime, now: dt.datetime, limit: int) -> list[Any]:
+    """Take up to ``limit`` due deliveries (pending ones, and claims whose lease ran out)."""
+    q = action_queue_table
+    due = select(q.c.id).where(q.c.status.in_(("pending", "sending")), q.c.next_attempt_at <= now).order_by(q.c.id).limit(limit)
+    if runtime.dialect == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    stmt = (
+        update(q)
+        .where(q.c.id.in_(due.scalar_subquery()))
+        .values(status="sending", attempts=q.c.attempts + 1, next_attempt_at=now + DELIVERY_LEASE)
+        .returning(q.c.id, q.c.action, q.c.source, q.c.entity, q.c.records, q.c.delivery, q.c.attempts)
+    )
+    with runtime.begin() as conn:
+        rows = conn.execute(stmt).all()
+    return sorted(rows, key=lambda r: r.id)
+
+
+def _settle_delivery(runtime: Runtime, row: Any, **values: Any) -> None:
+    q = action_queue_table
+    with runtime.begin() as conn:  # only while the claim is still ours
+        conn.execute(update(q).where(q.c.id == row.id, q.c.status == "sending", q.c.attempts == row.attempts).values(**values))
+
+
+def deliver_actions(
+    runtime: Runtime,
+    now: dt.datetime | None = None,
+    limit: int = 200,
+    *,
+    actions: Mapping[str, TriggerAction] | None = None,
+    interfaces: Interfaces | None = None,
+) -> dict[str, int]:
+    """Send the queued deliveries of plugin actions (after the transactions that queued them
+    committed): each through :meth:`Interfaces.call` — logged, retried with backoff — and
+    ``sent``, or ``dead`` with its dead letter. Once a delivery of an action is dead, the other
+    deliveries of that action claimed in this pass are held back for :data:`HOLD_BACK` (its
+    endpoint is failing: a pass does not spend every retry on it); so are deliveries whose
+    plugin is not installed. Returns ``claimed``, ``sent``, ``dead``, ``held``."""
+    now = now or utcnow()
+    installed = trigger_actions() if actions is None else dict(actions)
+    rows = _claim_deliveries(runtime, now, limit)
+    counts = {"claimed": len(rows), "sent": 0, "dead": 0, "held": 0}
+    calls = interfaces or Interfaces(runtime)
+    failing: set[str] = set()
+    for row in rows:
+        action = installed.get(row.action)
+        if action is None or row.action in failing:
+            reason = f"no installed plugin provides action {row.action!r}" if action is None else f"held back: {row.action} deliveries are failing"
+            _settle_delivery(runtime, row, status="pending", next_attempt_at=now + HOLD_BACK, last_error=reason)
+            counts["held"] += 1
+            continue
+        try:
+            calls.call(_call(row), _sender(action, row.delivery))
+        except CallFailed as exc:
+            failing.add(row.action)
+            _settle_delivery(runtime, row, status="dead", next_attempt_at=None, last_error=exc.message[:500], dead_letter_id=exc.dead_letter_id)
+            counts["dead"] += 1
+            log.warning("action %s delivery %d is a dead letter: %s", row.action, row.id, exc.message)
+            continue
+        _settle_delivery(runtime, row, status="sent", sent_at=now, next_attempt_at=None, last_error=None)
+        counts["sent"] += 1
+    if rows:
+        log.info("plugin actions: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return counts
+
+
+def action_replayer(runtime: Runtime, actions: Callable[[], Mapping[str, TriggerAction]] = trigger_actions) -> Callable[..., Any]:
+    """Replays an ``action`` dead letter: the delivery it names, sent again (one attempt); on
+    success the delivery is ``sent``."""
+
+    def replay(principal: Any, ref: Mapping[str, Any], caller: Caller) -> Any:
+        q = action_queue_table
+        delivery_id = ref.get("delivery_id")
+        if not isinstance(delivery_id, int):
+            raise Conflict("this dead letter does not say which delivery to replay")
+        with runtime.engine.connect() as conn:
+            row = conn.execute(select(q).where(q.c.id == delivery_id)).first()
+        if row is None:
+            raise Conflict(f"delivery {delivery_id} no longer exists")
+        if row.status != "dead":
+            raise Conflict(f"delivery {delivery_id} is {row.status}: only dead deliveries are replayed")
+        action = actions().get(row.action)
+        if action is None:
+            raise Conflict(f"no installed plugin provides action {row.action!r}: install it to replay this delivery")
+        caller.call(_call(row), _sender(action, row.delivery))
+        with runtime.begin() as conn:
+            conn.execute(
+                update(q).where(q.c.id == delivery_id, q.c.status == "dead").values(status="sent", sent_at=utcnow(), last_error=None, attempts=q.c.attempts + 1)
+            )
+        return {"delivery_id": delivery_id, "action": row.action, "status": "sent"}
+
+    return replay

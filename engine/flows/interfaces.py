@@ -78,7 +78,7 @@ __all__ = [
 
 log = logging.getLogger("fincrm.interfaces")
 
-KINDS = ("connector", "channel", "feed")
+KINDS = ("connector", "channel", "feed", "action")  # action: a plugin trigger action's delivery (engine.flows.actions)
 CALL_STATUSES = ("ok", "error", "timeout")
 LETTER_STATUSES = ("open", "replaying", "resolved")
 INTERFACES_AREA = "interfaces"  # permission area: read (call log, dead letters), update (replay, enrich)
@@ -91,7 +91,7 @@ interface_call_table = Table(
     "fincrm_interface_call",
     system_metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(16), nullable=False),  # connector | channel | feed
+    Column("kind", String(16), nullable=False),  # connector | channel | feed | action
     Column("target", String(64), nullable=False),  # the connector, channel or feed name
     Column("operation", String(64), nullable=False),  # fetch | send | quote …
     Column("status", String(16), nullable=False),  # ok | error | timeout
@@ -595,7 +595,14 @@ class InterfaceService:
         self.authz = authz
         self.interfaces = interfaces or Interfaces(records.runtime)
         self.connectors = connectors
-        self.replayers: dict[str, Replayer] = {"connector": connector_replayer(records, connectors)}
+        from .actions import action_replayer  # actions imports this module
+        from .quotes import quotes_replayer  # so does quotes
+
+        self.replayers: dict[str, Replayer] = {
+            "connector": connector_replayer(records, connectors),
+            "action": action_replayer(records.runtime),
+            "feed": quotes_replayer(records),
+        }
 
     # reading ------------------------------------------------------------
 

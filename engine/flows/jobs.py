@@ -1,4 +1,5 @@
-"""The background jobs, run as one pass: scheduled triggers, SLA escalation, outbox delivery.
+"""The background jobs, run as one pass: market quotes, scheduled triggers, SLA escalation, outbox delivery,
+plugin actions' deliveries.
 
 :func:`run_pass` runs each job in turn and records each run in ``fincrm_job_run`` (status
 ``ok`` or ``failed``, and what it did). One failing job does not stop the others; the pass
@@ -44,6 +45,12 @@ DEFAULT_INTERVAL = 300.0  # seconds between passes (FINCRM_JOBS_INTERVAL)
 Job = Callable[[Runtime, "RecordService", dt.datetime], dict[str, Any]]
 
 
+def _market_quotes(runtime: Runtime, records: "RecordService", now: dt.datetime) -> dict[str, Any]:
+    from .quotes import refresh_quotes
+
+    return refresh_quotes(runtime, now)
+
+
 def _scheduled_triggers(runtime: Runtime, records: "RecordService", now: dt.datetime) -> dict[str, Any]:
     from .triggers import TriggerEngine  # imported when run: the automation modules load lazily
 
@@ -60,20 +67,33 @@ def _outbox_delivery(runtime: Runtime, records: "RecordService", now: dt.datetim
     return deliver_pending(runtime, records, now)
 
 
+def _action_delivery(runtime: Runtime, records: "RecordService", now: dt.datetime) -> dict[str, Any]:
+    from .actions import deliver_actions
+
+    return deliver_actions(runtime, now)
+
+
 def _no_failed_triggers(detail: dict[str, Any]) -> bool:
     return not detail.get("failed")  # run_scheduled goes on past a failing trigger and counts it
+
+
+def _no_failed_packages(detail: dict[str, Any]) -> bool:
+    return not detail.get("failed")  # refresh_quotes goes on past a package whose feed failed and counts it
 
 
 def _done(detail: dict[str, Any]) -> bool:
     return True  # failed deliveries are retried by the outbox itself: the job still did its work
 
 
-# in this order: triggers and escalations queue notifications that the delivery sends at once.
+# in this order: quotes first (triggers such as quote_move_alert read them), then triggers and
+# escalations, which queue notifications that the delivery sends at once.
 # Each job: name, function, and whether its result means success.
 JOBS: tuple[tuple[str, Job, Callable[[dict[str, Any]], bool]], ...] = (
+    ("market_quotes", _market_quotes, _no_failed_packages),
     ("scheduled_triggers", _scheduled_triggers, _no_failed_triggers),
     ("sla_escalation", _sla_escalation, _done),
     ("outbox_delivery", _outbox_delivery, _done),
+    ("action_delivery", _action_delivery, _done),  # plugin actions' deliveries (dead letters are listed for replay)
 )
 
 

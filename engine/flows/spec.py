@@ -2,9 +2,9 @@
 
 Flow and trigger documents come from ``metadata/core/{flows,triggers}``, then published
 packages, then runtime versions stored in ``fincrm_meta_doc``; they are validated against their
-meta-schemas and against the entity registry (fields, conditions, actions), every error listed
-with its JSON pointer, and frozen into the snapshot next to the registry — so they reload with
-the metadata stamp in every process.
+meta-schemas and against the entity registry (fields, conditions, actions — a plugin action's
+params against the plugin's schema), every error listed with its JSON pointer, and frozen into
+the snapshot next to the registry — so they reload with the metadata stamp in every process.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import FieldError, FinCRMError, MetadataInvalid
 from ..fieldtypes import FIELD_TYPES
 from ..meta.registry import Registry
-from ..meta.schema import METADATA_DIR, pointer, schema_errors
+from ..meta.schema import METADATA_DIR, pointer, schema_errors, validator_errors
 from ..meta.spec import EntitySpec, Label
+from ..plugins import BUILTIN_ACTIONS, TriggerAction, params_validator, trigger_actions
 
 __all__ = [
     "ActionSpec",
@@ -56,15 +57,22 @@ class ActionSpec:
     channel: str | None = None
     values: Mapping[str, Any] = field(default_factory=dict)
     marketing: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)  # a plugin action's, as checked at freeze
+
+    @property
+    def plugin(self) -> bool:
+        """A plugin's action (engine.plugins.trigger_actions), not one the engine runs itself."""
+        return self.type not in BUILTIN_ACTIONS
 
     @classmethod
     def of(cls, doc: Mapping[str, Any]) -> "ActionSpec":
-        kw = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__ and k not in ("title", "body", "values")}
+        kw = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__ and k not in ("title", "body", "values", "params")}
         return cls(
             **kw,
             title=Label.of(doc["title"]) if "title" in doc else None,
             body=Label.of(doc["body"]) if "body" in doc else None,
             values=MappingProxyType(dict(doc.get("values", {}))),
+            params=MappingProxyType(copy.deepcopy(dict(doc.get("params", {})))),
         )
 
 
@@ -154,11 +162,53 @@ def resolve_params(node: Any, params: Mapping[str, Any], at: str, errors: list[d
 ConditionCheck = Callable[[EntitySpec, Mapping[str, Any]], None]
 
 
+PLUGIN_ACTION_KEYS = frozenset({"type", "params", "marketing"})
+
+
+def _plugin_action_errors(a: Mapping[str, Any], where: str, installed: Mapping[str, TriggerAction]) -> list[dict[str, str]]:
+    """A plugin action: installed, only ``type``, ``params`` and ``marketing``, params valid for
+    the plugin's ``params_schema`` and its ``check_params``."""
+    kind = a["type"]
+    action = installed.get(kind)
+    if action is None:
+        plugins = ", ".join(sorted(installed)) or "none installed"
+        return [{"pointer": where + "/type", "message": f"unknown action {kind!r}: built in are {', '.join(sorted(BUILTIN_ACTIONS))}; plugin actions: {plugins}"}]
+    errors = [
+        {"pointer": f"{where}/{pointer((key,))[1:]}", "message": f"a plugin action takes only {', '.join(sorted(PLUGIN_ACTION_KEYS))}"}
+        for key in a
+        if key not in PLUGIN_ACTION_KEYS
+    ]
+    params = a.get("params", {})
+    found = validator_errors(params_validator(action), params, ())
+    errors += [{"pointer": where + "/params" + e["pointer"], "message": e["message"]} for e in found]
+    check = getattr(action, "check_params", None)
+    if not found and check is not None:
+        try:
+            more = list(check(copy.deepcopy(dict(params))))
+        except Exception as exc:  # a plugin's own failure: the document cannot be checked, so it is refused
+            more = [{"pointer": "", "message": f"the {kind} plugin could not check its params ({type(exc).__name__})"}]
+        for e in more:
+            rel = str(e.get("pointer", "")) if isinstance(e, Mapping) else ""
+            message = str(e.get("message", "is invalid")) if isinstance(e, Mapping) else str(e)
+            errors.append({"pointer": where + "/params" + (rel if not rel or rel.startswith("/") else "/" + rel), "message": message[:300]})
+    return errors
+
+
 def _action_errors(registry: Registry, spec: EntitySpec, actions: list[Mapping[str, Any]], at: str) -> list[dict[str, str]]:
     errors = []
+    installed: Mapping[str, TriggerAction] | None = None
     for i, a in enumerate(actions):
         where = f"{at}/{i}"
         kind = a["type"]
+        if kind not in BUILTIN_ACTIONS:
+            if installed is None:
+                installed = trigger_actions()
+            errors += _plugin_action_errors(a, where, installed)
+            if a.get("marketing") and customer_field(spec) is None:
+                errors.append({"pointer": where, "message": f"{spec.name} records have no customer"})
+            continue
+        if "params" in a:
+            errors.append({"pointer": where + "/params", "message": f"only plugin actions take params; {kind} is built in"})
         created = CREATES.get(kind)
         if created and created not in registry.entities:
             errors.append({"pointer": where + "/type", "message": f"needs the {created!r} entity"})
@@ -247,6 +297,7 @@ def build_automation(registry: Registry, documents: Sequence[Mapping[str, Any]],
     ones: core → package → runtime). Raises MetadataInvalid listing every error."""
     from .flowspec import freeze_flow
 
+    trigger_actions()  # loads the plugin manager, so a broken plugin stops the start here, not a later job
     latest: dict[tuple[str, str], Mapping[str, Any]] = {}
     errors: list[dict[str, str]] = []
     for doc in documents:

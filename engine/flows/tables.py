@@ -1,4 +1,5 @@
-"""System tables of the automation layer: trigger firings, flow state and votes, the outbox.
+"""System tables of the automation layer: trigger firings, flow state and votes, the outbox,
+plugin actions' deliveries.
 
 They live in the engine's system metadata, so ``Runtime.init_schema`` creates them with the
 rest. Idempotency is a database fact, not a Python check: a trigger fires once per record per
@@ -13,7 +14,7 @@ from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, String, Tab
 from ..sqltypes import JsonDoc
 from ..store.tables import system_metadata
 
-__all__ = ["trigger_fire_table", "flow_state_table", "flow_vote_table", "outbox_table", "job_run_table"]
+__all__ = ["trigger_fire_table", "flow_state_table", "flow_vote_table", "outbox_table", "action_queue_table", "job_run_table"]
 
 # One row per (trigger, record, cycle): the claim that makes a firing happen exactly once.
 trigger_fire_table = Table(
@@ -86,6 +87,28 @@ outbox_table = Table(
     Column("read_at", DateTime),
     Index("ix_fincrm_outbox_due", "status", "next_attempt_at"),
     Index("ix_fincrm_outbox_recipient", "recipient_kind", "recipient_id", "id"),
+)
+
+# What plugin actions (engine.plugins.TriggerAction) queued inside a trigger's or flow's
+# transaction, sent after the commit by the jobs pass (engine.flows.actions.deliver_actions).
+# A delivery holds what the plugin's run() returned: record ids and names, never personal data.
+action_queue_table = Table(
+    "fincrm_action_queue",
+    system_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("action", String(32), nullable=False),
+    Column("source", String(100), nullable=False),  # trigger:<name> | flow:<name>
+    Column("entity", String(63), nullable=False),
+    Column("records", Integer, nullable=False),  # how many records the firing covered
+    Column("delivery", JsonDoc, nullable=False),
+    Column("status", String(16), nullable=False, default="pending"),  # pending | sending | sent | dead
+    Column("attempts", Integer, nullable=False, default=0),  # delivery passes that tried it
+    Column("last_error", String(500)),
+    Column("dead_letter_id", BigInteger),  # the interface dead letter it ended in
+    Column("created_at", DateTime, nullable=False),
+    Column("next_attempt_at", DateTime),
+    Column("sent_at", DateTime),
+    Index("ix_fincrm_action_queue_due", "status", "next_attempt_at"),
 )
 
 # One row per job pass (trigger runs, SLA checks, deliveries): what ran, when, what it did.

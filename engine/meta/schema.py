@@ -11,12 +11,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 
 from ..errors import MetadataInvalid
 
-__all__ = ["SCHEMA_DIR", "METADATA_DIR", "schema_errors", "check_document", "pointer"]
+__all__ = ["SCHEMA_DIR", "METADATA_DIR", "schema_errors", "validator_errors", "check_document", "pointer"]
 
 METADATA_DIR = Path(__file__).resolve().parents[2] / "metadata"
 SCHEMA_DIR = METADATA_DIR / "schema"
@@ -25,6 +25,22 @@ _BASE = "https://fincrm.local/schema/"
 
 def pointer(parts: Iterable[Any]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+FIELD_TYPE_FORMAT = "fincrm-field-type"  # field.json's ``type``: a row of the field-type table
+
+
+def _is_field_type(value: object) -> bool:
+    from ..fieldtypes import known_field_type  # the table, plugin rows included (imported late: it imports meta.spec)
+
+    return not isinstance(value, str) or known_field_type(value)
+
+
+def _format_checker() -> FormatChecker:
+    checker = FormatChecker(formats=())
+    checker.checkers = dict(Draft202012Validator.FORMAT_CHECKER.checkers)
+    checker.checks(FIELD_TYPE_FORMAT)(_is_field_type)
+    return checker
 
 
 @lru_cache(maxsize=None)
@@ -39,7 +55,7 @@ def _validators() -> dict[str, Draft202012Validator]:
     for uri, resource in resources:
         name = uri.removeprefix(_BASE).removesuffix(".json")
         out[name] = Draft202012Validator(
-            resource.contents, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+            resource.contents, registry=registry, format_checker=_format_checker()
         )
     return out
 
@@ -49,8 +65,14 @@ def schema_errors(kind: str, doc: Any, prefix: tuple[Any, ...] = ()) -> list[dic
     validators = _validators()
     if kind not in validators:
         return [{"pointer": pointer(prefix + ("kind",)), "message": f"unknown metadata kind {kind!r}"}]
+    return validator_errors(validators[kind], doc, prefix)
+
+
+def validator_errors(validator: Draft202012Validator, doc: Any, prefix: tuple[Any, ...] = ()) -> list[dict[str, str]]:
+    """Every violation of ``validator``'s schema by ``doc`` (e.g. a plugin action's params), the
+    same way as :func:`schema_errors`."""
     errors = []
-    for err in sorted(validators[kind].iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         errors.append({"pointer": pointer(prefix + tuple(err.absolute_path)), "message": _message(err)})
     return errors
 
@@ -67,6 +89,10 @@ def _message(err: Any) -> str:
         return str(err.message)
     if err.validator == "type":
         return f"must be of type {err.validator_value}"
+    if err.validator == "format" and err.validator_value == FIELD_TYPE_FORMAT:
+        from ..fieldtypes import FIELD_TYPES
+
+        return f"unknown field type; one of {sorted(FIELD_TYPES)!r}"
     return str(err.message)[:300]
 
 
