@@ -18,13 +18,14 @@ from engine.config import Settings
 from engine.runtime import Runtime
 from engine.security.policy import CasbinAuthorizer
 from engine.web.api import api
-from engine.web import analytics_api, imports_api, interfaces_api, quality_api, reports_api, text_api  # noqa: F401  (their routes join the api blueprint)
+from engine.web import analytics_api, imports_api, interfaces_api, packages_api, quality_api, reports_api, text_api  # noqa: F401  (their routes join the api blueprint)
 from engine.web.c360 import register_c360
 from engine.web.context import Services, ensure_fab_role
 from engine.web.errors import register_error_handlers
 from engine.web.logs import install_log_redaction
 from engine.web.import_page import ImportPage
 from engine.web.insight_pages import InsightPages
+from engine.web.packages_page import PackagesPage
 from engine.web.notifications import NotificationsPage
 from engine.web.observe import register_observability
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
@@ -109,6 +110,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         appbuilder.add_view_no_menu(NotificationsPage())
         appbuilder.add_view_no_menu(ImportPage())
         appbuilder.add_view_no_menu(InsightPages())
+        appbuilder.add_view_no_menu(PackagesPage())
         register_c360(app, appbuilder)
     app.register_blueprint(api)
     # the record API has no request limits of its own (logins are limited on their own

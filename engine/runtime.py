@@ -46,12 +46,13 @@ from .flows import tables as _flow_tables  # noqa: F401  (system tables of the a
 from .flows.conditions import condition_checker
 from .flows.spec import AUTOMATION_KINDS, Automation, build_automation, load_automation_documents
 from .insight.reportspec import build_reports, load_report_documents, report_checker
+from .meta.packages import dependency_order, documents_of, layer
 from .meta.registry import Registry, build_registry, load_core_documents
 from .security.audit import ensure_head as ensure_audit_head
 from .security.crypto import Keyring
 from .store.ids import IdAllocator
 from .store.migrate import apply_migration, plan_migration
-from .store.tables import build_entity_tables, meta_doc_table, state_table, system_metadata
+from .store.tables import build_entity_tables, meta_doc_table, package_table, state_table, system_metadata
 
 __all__ = ["Runtime", "Snapshot", "StaleStamps", "ReadRoute", "Replica", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
 
@@ -243,6 +244,7 @@ class Snapshot:
     tables: Mapping[str, Table]
     automation: Automation = field(default_factory=Automation)
     reports: Mapping[str, Any] = field(default_factory=dict)  # name → engine.insight.reportspec.ReportSpec
+    packages: tuple[Mapping[str, Any], ...] = ()  # the published packages, in dependency order
 
     @property
     def version(self) -> int:
@@ -432,19 +434,33 @@ class Runtime:
         automation = [dict(r.doc) for r in rows if r.kind in _DERIVED_KINDS]
         return entities, overlays, automation
 
-    def build(self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None) -> Snapshot:
-        """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored."""
+    def active_packages(self, conn: Connection) -> list[Mapping[str, Any]]:
+        """The published version of each package, in dependency order."""
+        docs = [r.doc for r in conn.execute(select(package_table.c.doc).where(package_table.c.active.is_(True)).order_by(package_table.c.name))]
+        ordered, _errors = dependency_order(docs)  # checked when they were published
+        return ordered
+
+    def build(
+        self, conn: Connection, version: int, extra: list[dict[str, Any]] | None = None, packages: list[Mapping[str, Any]] | None = None
+    ) -> Snapshot:
+        """A snapshot of the metadata as stored, plus ``extra`` documents not yet stored;
+        ``packages``: the published packages to layer instead of the stored ones (a publish
+        or rollback builds its candidate this way before anything is written)."""
         entities, overlays, automation = self.runtime_documents(conn)
         for doc in extra or []:
             stored = entities if doc["kind"] == "entity" else automation if doc["kind"] in _DERIVED_KINDS else overlays
             stored[:] = [d for d in stored if (d["kind"], d["name"]) != (doc["kind"], doc["name"])] + [doc]
-        docs = self.core_documents + entities
-        registry = build_registry(docs, overlays, version)
+        if packages is None:
+            packages = self.active_packages(conn)
+        package_entities, package_overlays = layer(self.core_documents, packages)
+        registry = build_registry(self.core_documents + package_entities + entities, package_overlays + overlays, version)
         md, tables = build_entity_tables(registry, self.dialect)
         partial = Snapshot(registry, md, tables)
-        flows_and_triggers = build_automation(registry, self.core_automation + automation, condition_checker(partial, self.dialect))
-        reports = build_reports(registry, self.core_reports + automation, report_checker(partial, self.dialect))
-        return Snapshot(registry, md, tables, flows_and_triggers, reports)
+        flows_and_triggers = build_automation(
+            registry, self.core_automation + documents_of(packages, AUTOMATION_KINDS) + automation, condition_checker(partial, self.dialect)
+        )
+        reports = build_reports(registry, self.core_reports + documents_of(packages, ("report",)) + automation, report_checker(partial, self.dialect))
+        return Snapshot(registry, md, tables, flows_and_triggers, reports, tuple(packages))
 
     def _load(self) -> Snapshot:
         with self.primary_engine.connect() as conn:

@@ -179,3 +179,63 @@ def page_login(client: Any, username: str, password: str = TEST_PASSWORD) -> Any
     form = client.get("/login/")
     assert form.status_code == 200
     return client.post("/login/", data={"username": username, "password": password, "csrf_token": csrf_token(form.get_data(as_text=True))})
+
+
+def signed_in(app: Any, username: str, *, english: bool = False) -> Any:
+    """A test client signed in through the login form as ``username`` (pages in English if asked)."""
+    client = app.test_client()
+    resp = page_login(client, username)
+    assert resp.status_code in (302, 303), resp.get_data(as_text=True)[:300]
+    if english:
+        client.get("/lang/en")
+    return client
+
+
+def sample_package(name: str, prefix: str, version: str = "1.0.0", *, role: bool = True, extra_field: bool = False,
+                   label: dict[str, str] | None = None) -> dict[str, Any]:
+    """A small template package touching every kind: a new entity ``<prefix>_account``, a customer
+    overlay (field ``<prefix>_segment`` and a tag set), a role (if ``role``), a change trigger, a
+    report and seed records (two sales scripts, codes ``<PREFIX>-1`` and ``<PREFIX>-2``)."""
+    code = prefix.upper()
+    fields: list[dict[str, Any]] = [
+        {"name": f"{prefix}_segment", "type": "enum", "label": {"zh": "细分", "en": "Segment"}, "indexed": True,
+         "options": [{"value": "a", "label": {"zh": "甲", "en": "A"}}, {"value": "b", "label": {"zh": "乙", "en": "B"}}]}
+    ]
+    if extra_field:
+        fields.append({"name": f"{prefix}_score", "type": "integer", "label": {"zh": "评分", "en": "Score"}, "min": 0, "max": 100})
+    documents: list[dict[str, Any]] = [
+        {"kind": "entity", "name": f"{prefix}_account", "label": {"zh": "测试账户", "en": "Test account"},
+         "fields": [
+             {"name": "customer", "type": "ref", "ref": "customer", "label": {"zh": "客户", "en": "Customer"}, "required": True, "indexed": True},
+             {"name": "code", "type": "string", "label": {"zh": "账户编号", "en": "Account code"}, "required": True, "unique": True, "max_length": 32},
+             {"name": "balance", "type": "decimal", "label": {"zh": "余额", "en": "Balance"}, "precision": 18, "scale": 2, "sensitivity": "C2"}],
+         "list_columns": ["code", "customer", "balance"]},
+        {"kind": "entity_overlay", "name": "customer", "fields": fields,
+         "tag_sets": [{"name": f"{prefix}_tags", "label": {"zh": "测试标签", "en": "Test tags"}, "tags": [{"value": "甲类", "label": {"zh": "甲类", "en": "Class A"}}]}]},
+    ]
+    if role:
+        documents.append({"kind": "role", "name": f"{prefix}_clerk", "label": {"zh": "测试岗", "en": "Test clerk"},
+                          "grants": [{"entity": f"{prefix}_account", "actions": ["read"], "scope": "all"}]})
+    documents += [
+        {"kind": "trigger", "name": f"{prefix}_big_account", "label": {"zh": "大额账户", "en": "Big account"}, "entity": f"{prefix}_account", "on": "change",
+         "condition": {"field": "balance", "op": "gte", "value": "1000000"},
+         "actions": [{"type": "create_task", "title": {"zh": "大额账户回访", "en": "Call the big account"}, "assign": "owner"}]},
+        {"kind": "report", "name": f"{prefix}_accounts", "label": {"zh": "账户数", "en": "Accounts"}, "entity": f"{prefix}_account",
+         "columns": [{"name": "n", "label": {"zh": "数量", "en": "Count"}, "agg": "count"}]},
+        {"kind": "seed", "name": f"{prefix}_scripts", "entity": "sales_script", "key": "code",
+         "records": [{"code": f"{code}-1", "title": "开场白", "scenario": "opening", "body": "您好，我是您的专属客户经理。"},
+                     {"code": f"{code}-2", "title": "甲类客户推荐", "scenario": "recommend", "match_tag": "甲类", "body": "根据您的情况推荐稳健型产品。"}]},
+    ]
+    return {"kind": "package", "name": name, "version": version, "label": label or {"zh": "测试模板", "en": "Test template"}, "documents": documents}
+
+
+def publish_vertical(app: Any, name: str, **kw: Any) -> dict[str, Any]:
+    """Publish a template package as the system (the shipped vertical ``name`` unless ``doc`` or
+    ``version`` says otherwise) and give its roles their Flask-AppBuilder roles, as the API does."""
+    from engine.security.principal import Principal
+    from engine.web.packages_api import _sync_fab_roles
+
+    with app.app_context():
+        plan: dict[str, Any] = app.extensions["fincrm"].packages.publish(Principal.system("test"), name, **kw)
+        _sync_fab_roles()
+    return plan

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from engine.web.cli import DEMO_STAFF, main
 
@@ -15,14 +15,19 @@ from engine.web.cli import DEMO_STAFF, main
 DEMO_PASSWORD = "Demo-Passw0rd-x"
 
 
-@pytest.fixture
-def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    data = tmp_path / "demo-data"
+def demo_env(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a console user running the demo in ``data`` (SQLite, generated keys)."""
     for var in ("FINCRM_DATABASE_URL", "FINCRM_MASTER_KEY", "FINCRM_SECRET_KEY", "FINCRM_INDEX_KEY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FINCRM_DEMO_PASSWORD", DEMO_PASSWORD)
     monkeypatch.setenv("FINCRM_PASSWORD_HASH", "scrypt:16384:8:1")
     monkeypatch.setenv("FINCRM_DATA_DIR", str(data))
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    data = tmp_path / "demo-data"
+    demo_env(data, monkeypatch)
     result = CliRunner().invoke(main, ["demo", "--no-serve", "--customers", "40", "--data-dir", str(data)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return data
@@ -55,10 +60,49 @@ def test_demo_seeds_staff_and_customers_that_log_in(demo_dir: Path) -> None:
     assert raw and all(v.startswith("v1.") for v in raw)
 
 
+def _vertical_counts(demo_dir: Path) -> dict[str, int]:
+    from app import create_app
+
+    app = create_app({"FINCRM_DATA_DIR": str(demo_dir), "RATELIMIT_ENABLED": False})
+    rt = app.extensions["fincrm"].runtime
+    snap = rt.snapshot()
+    with rt.engine.connect() as conn:
+        counts = {name: conn.execute(select(func.count()).select_from(t)).scalar_one() for name, t in snap.tables.items()}
+    counts["packages"] = len(snap.packages)
+    rt.dispose()
+    return counts
+
+
 def test_demo_twice_does_not_duplicate(demo_dir: Path) -> None:
+    before = _vertical_counts(demo_dir)
     result = CliRunner().invoke(main, ["demo", "--no-serve", "--customers", "40", "--data-dir", str(demo_dir)], catch_exceptions=False)
     assert result.exit_code == 0
     assert "already present" in result.output
+    assert "template bank 1.0.0: already published" in result.output
+    assert _vertical_counts(demo_dir) == before
+
+
+def test_demo_publishes_every_vertical_with_its_data(demo_dir: Path) -> None:
+    counts = _vertical_counts(demo_dir)
+    assert counts["packages"] == 3  # fincrm demo: all templates by default
+    core = {"branch", "customer", "product", "holding", "transaction", "interaction", "opportunity", "task", "ticket", "consent",
+            "loan_application", "insurance_policy", "survey_response", "knowledge_article", "channel_cost", "sales_script"}
+    vertical = {name: n for name, n in counts.items() if name not in core and name != "packages"}
+    assert len(vertical) >= 8, vertical  # the verticals' own entities exist …
+    assert sum(1 for n in vertical.values() if n > 0) >= 6, vertical  # … and most hold demo records
+    assert counts["sales_script"] >= 15  # each vertical seeds its scripts
+
+
+def test_demo_with_one_template(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "one"
+    demo_env(data, monkeypatch)
+    args = ["demo", "--no-serve", "--customers", "20", "--data-dir", str(data), "--template", "insurance"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "template insurance" in result.output and "template bank" not in result.output
+    assert _vertical_counts(data)["packages"] == 1
+    bad = CliRunner().invoke(main, ["demo", "--no-serve", "--template", "telecom", "--data-dir", str(data)])
+    assert bad.exit_code == 2 and "telecom" in bad.output
 
 
 def test_audit_verify_names_a_tampered_entry(demo_dir: Path) -> None:
@@ -96,3 +140,35 @@ def test_keys_rotate_reencrypts_and_values_still_read(demo_dir: Path) -> None:
         system, "customer", filter={"field": "id_number", "op": "eq", "value": first[0]["id_number"]}
     ).items
     assert [c["id"] for c in by_id] == [first[0]["id"]]  # the blind index did not change with the key
+
+
+def test_template_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fincrm template list / publish --dry-run / publish / history / export / rollback, as IT runs them."""
+    data = tmp_path / "tpl"
+    demo_env(data, monkeypatch)
+    run = CliRunner()
+    assert run.invoke(main, ["init"], catch_exceptions=False).exit_code == 0
+    listed = run.invoke(main, ["template", "list"], catch_exceptions=False)
+    assert listed.exit_code == 0 and "insurance" in listed.output and "published: -" in listed.output
+    dry = run.invoke(main, ["template", "publish", "insurance", "--dry-run"], catch_exceptions=False)
+    assert dry.exit_code == 0, dry.output
+    assert "dry run: nothing was changed" in dry.output and "schema steps:" in dry.output
+    pub = run.invoke(main, ["template", "publish", "insurance"], catch_exceptions=False)
+    assert pub.exit_code == 0 and "published insurance" in pub.output
+    again = run.invoke(main, ["template", "publish", "insurance"], catch_exceptions=False)
+    assert "already published: nothing to do" in again.output
+    hist = run.invoke(main, ["template", "history", "insurance"], catch_exceptions=False)
+    assert any(line.startswith("*") and "by system:cli" in line for line in hist.output.splitlines())
+    out = tmp_path / "exported.json"
+    exp = run.invoke(main, ["template", "export", "insurance", "-o", str(out)], catch_exceptions=False)
+    assert exp.exit_code == 0 and out.exists()
+    import json
+
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["name"] == "insurance" and doc["version"].endswith(".1")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**doc, "version": "x", "documents": [{"kind": "entity", "name": "Bad Name"}]}), encoding="utf-8")
+    refused = run.invoke(main, ["template", "publish", "insurance", "--file", str(broken)])
+    assert refused.exit_code == 1 and "/version" in refused.output and "/documents/0/name" in refused.output
+    back = run.invoke(main, ["template", "rollback", "insurance"], catch_exceptions=False)
+    assert back.exit_code == 0 and "to unpublished" in back.output

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_helpers import app, client, csrf_token, login, page_login, shared_app  # noqa: F401  (module-wide app)
+from tests.api_helpers import app, client, csrf_token, login, shared_app, signed_in  # noqa: F401  (module-wide app)
 from tests.conftest import TEST_PASSWORD
 
 ROLES = Path(__file__).resolve().parents[1] / "metadata" / "core" / "roles"
@@ -24,13 +24,6 @@ def _text(resp: Any) -> str:
     return resp.get_data(as_text=True)  # type: ignore[no-any-return]
 
 
-def _browser(app: Any, username: str, *, english: bool = False) -> Any:
-    client = app.test_client()
-    resp = page_login(client, username)
-    assert resp.status_code in (302, 303), _text(resp)[:300]
-    if english:
-        client.get("/lang/en")
-    return client
 
 
 def _offered(page: str) -> list[str]:
@@ -56,12 +49,12 @@ def _add_user(app: Any, username: str, role: str) -> None:
 
 @pytest.mark.parametrize("username", ["ops1", "admin"])
 def test_the_page_renders_in_chinese_and_in_english(app: Any, username: str) -> None:
-    zh = _text(_browser(app, username).get("/import/"))
+    zh = _text(signed_in(app, username).get("/import/"))
     for label in ("导入数据", "试运行", "导入方式", "列对应关系", "我的导入任务", "下载错误文件"):
         assert label in zh, label
     assert 'data-nav="import"' in zh and csrf_token(zh)
     assert 'id="import-dry-run"' in zh and 'id="import-run"' in zh and 'type="file"' in zh
-    en = _text(_browser(app, username, english=True).get("/import/"))
+    en = _text(signed_in(app, username, english=True).get("/import/"))
     for label in ("Import data", "Dry run", "Mode", "Column mapping", "My import jobs", "Download the error file"):
         assert label in en, label
     assert "导入数据" not in en and "试运行" not in en
@@ -74,14 +67,14 @@ def test_the_page_offers_exactly_the_entities_the_role_may_import(app: Any) -> N
     entities = list(app.extensions["fincrm"].runtime.cached_snapshot().registry.entities)
     grants = json.loads((ROLES / "operations.json").read_text(encoding="utf-8"))["grants"]
     may = {g["entity"] for g in grants if "import" in g["actions"]}
-    offered = _offered(_text(_browser(app, "ops1").get("/import/")))
+    offered = _offered(_text(signed_in(app, "ops1").get("/import/")))
     assert sorted(offered) == sorted(e for e in entities if e in may)
     assert "customer" in offered and "branch" not in offered and "product" not in offered  # operations may create those, not import
-    assert sorted(_offered(_text(_browser(app, "admin").get("/import/")))) == sorted(entities)
+    assert sorted(_offered(_text(signed_in(app, "admin").get("/import/")))) == sorted(entities)
 
 
 def test_the_mapping_targets_are_the_fields_the_user_may_write(app: Any) -> None:
-    page = _text(_browser(app, "ops1").get("/import/"))
+    page = _text(signed_in(app, "ops1").get("/import/"))
     data = json.loads(re.search(r'id="import-data">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
     customer = next(e for e in data["entities"] if e["name"] == "customer")
     targets = {f["name"]: f for f in customer["fields"]}
@@ -93,12 +86,12 @@ def test_the_mapping_targets_are_the_fields_the_user_may_write(app: Any) -> None
 
 def test_a_user_who_may_import_nothing_gets_403_and_no_link(app: Any) -> None:
     _add_user(app, "risk9", "risk_control")
-    risk = _browser(app, "risk9")
+    risk = signed_in(app, "risk9")
     resp = risk.get("/import/")
     assert resp.status_code == 403 and 'id="import-form"' not in _text(resp)
     assert risk.get("/import/jobs").status_code == 403
     assert 'data-nav="import"' not in _text(risk.get("/e/"))
-    assert 'data-nav="import"' in _text(_browser(app, "ops1").get("/e/"))
+    assert 'data-nav="import"' in _text(signed_in(app, "ops1").get("/e/"))
 
 
 def test_an_anonymous_visitor_is_sent_to_the_login_form(client: Any) -> None:
@@ -110,7 +103,7 @@ def test_an_anonymous_visitor_is_sent_to_the_login_form(client: Any) -> None:
 def test_my_recent_jobs_show_status_counts_the_error_file_and_escaped_names(app: Any, client: Any, login: Any) -> None:
     mine = _upload(client, login("ops1"), filename=f"{SCRIPT}.csv")
     theirs = _upload(client, login("admin"), filename="管理员的文件.csv", dry_run=1)
-    page = _text(_browser(app, "ops1").get("/import/"))
+    page = _text(signed_in(app, "ops1").get("/import/"))
     row = re.search(rf'<tr data-job="{mine["id"]}" data-status="done">.*?</tr>', page, re.S)
     assert row, "ops1's job is listed"
     cells = row.group(0)
@@ -118,15 +111,15 @@ def test_my_recent_jobs_show_status_counts_the_error_file_and_escaped_names(app:
     assert re.search(r'data-count="inserted">1<', cells) and re.search(r'data-count="errors">1<', cells)
     assert f'href="/api/v1/import/jobs/{mine["id"]}/errors"' in cells and "完成" in cells
     assert f'data-job="{theirs["id"]}"' not in page and "管理员的文件" not in page
-    fragment = _text(_browser(app, "ops1").get("/import/jobs"))  # the rows alone, for the page's refresh
+    fragment = _text(signed_in(app, "ops1").get("/import/jobs"))  # the rows alone, for the page's refresh
     assert f'data-job="{mine["id"]}"' in fragment and "<html" not in fragment and "管理员的文件" not in fragment
-    assert f'data-job="{theirs["id"]}"' in _text(_browser(app, "admin").get("/import/"))
+    assert f'data-job="{theirs["id"]}"' in _text(signed_in(app, "admin").get("/import/"))
 
 
 def test_the_columns_of_a_dry_run_name_every_header_of_the_file(app: Any, client: Any, login: Any) -> None:
     data = f"姓名,手机号,{SCRIPT}\n张三,13800138000,x\n".encode()
     job = _upload(client, login("ops1"), data=data, dry_run=1)
-    ops = _browser(app, "ops1")
+    ops = signed_in(app, "ops1")
     resp = ops.get(f"/import/jobs/{job['id']}/columns", headers={"Accept": "application/json"})
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     assert resp.get_json()["columns"] == [
@@ -134,12 +127,12 @@ def test_the_columns_of_a_dry_run_name_every_header_of_the_file(app: Any, client
         {"header": "手机号", "field": "mobile"},
         {"header": SCRIPT, "field": None},  # not matched: the page offers it for mapping by hand
     ]
-    other = _browser(app, "rm1").get(f"/import/jobs/{job['id']}/columns", headers={"Accept": "application/json"})
+    other = signed_in(app, "rm1").get(f"/import/jobs/{job['id']}/columns", headers={"Accept": "application/json"})
     assert other.status_code == 404 and "张三" not in _text(other)
 
 
 def test_engine_messages_are_shown_in_the_users_language(app: Any) -> None:
-    ops = _browser(app, "ops1")
+    ops = signed_in(app, "ops1")
     token = csrf_token(_text(ops.get("/import/")))
     messages = ["the file is empty", "required field 姓名 / name has no column", "something new"]
     resp = ops.post("/import/messages", json={"messages": messages}, headers={"X-CSRFToken": token, "Accept": "application/json"})

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.api_helpers import app, client, csrf_token, login, page_login, shared_app  # noqa: F401  (module-wide app)
+from tests.api_helpers import app, client, csrf_token, login, shared_app, signed_in  # noqa: F401  (module-wide app)
 from tests.conftest import TEST_PASSWORD
 
 PAGES = ("/reports/", "/reports/value_top100", "/reports/ticket_handling_time", "/dashboard/")
@@ -24,13 +24,6 @@ def _text(resp: Any) -> str:
     return resp.get_data(as_text=True)  # type: ignore[no-any-return]
 
 
-def _browser(app: Any, username: str, *, english: bool = False) -> Any:
-    browser = app.test_client()
-    resp = page_login(browser, username)
-    assert resp.status_code in (302, 303), _text(resp)[:300]
-    if english:
-        browser.get("/lang/en")
-    return browser
 
 
 def _page_data(html: str) -> dict[str, Any]:
@@ -52,7 +45,7 @@ def _nav(html: str) -> list[str]:
 
 @pytest.mark.parametrize("username", ["rm1", "admin"])
 def test_the_pages_render_in_chinese_and_in_english(app: Any, username: str) -> None:
-    zh_client, en_client = _browser(app, username), _browser(app, username, english=True)
+    zh_client, en_client = signed_in(app, username), signed_in(app, username, english=True)
     expected = {
         "/reports/": (("报表中心", "客户价值TOP100", "AUM客户分层", "月度客户活跃度分析"), ("Reports", "Top 100 customers by value", "Customers by AUM tier")),
         "/reports/value_top100": (("客户价值TOP100", "导出CSV", "导出Excel", "刷新"), ("Top 100 customers by value", "Export CSV", "Export Excel", "Refresh")),
@@ -89,12 +82,12 @@ def test_the_pages_need_a_login(app: Any, client: Any) -> None:
 
 
 def test_an_unknown_report_is_404_and_a_role_without_customers_gets_403(app: Any) -> None:
-    browser = _browser(app, "admin")
+    browser = signed_in(app, "admin")
     resp = browser.get("/reports/no_such_report")
     assert resp.status_code == 404
     assert "no_such_report" not in _text(resp)
     _add_user(app, "auditor9", "auditor")
-    auditor = _browser(app, "auditor9")
+    auditor = signed_in(app, "auditor9")
     for path in ("/reports/", "/dashboard/", "/reports/value_top100"):
         assert auditor.get(path).status_code == 403, path
     home = _text(auditor.get("/e/"))
@@ -102,7 +95,7 @@ def test_an_unknown_report_is_404_and_a_role_without_customers_gets_403(app: Any
 
 
 def test_parameters_come_prefilled_and_values_from_the_address_bar_win(app: Any) -> None:
-    browser = _browser(app, "rm1")
+    browser = signed_in(app, "rm1")
     page = _text(browser.get("/reports/ticket_handling_time"))
     since = re.search(r'<input[^>]*id="param-since"[^>]*>', page)
     assert since and 'type="date"' in since.group(0)
@@ -117,9 +110,9 @@ def test_parameters_come_prefilled_and_values_from_the_address_bar_win(app: Any)
 
 
 def test_the_editor_is_offered_to_those_who_may_configure(app: Any) -> None:
-    rm1 = _text(_browser(app, "rm1").get("/reports/value_top100"))
+    rm1 = _text(signed_in(app, "rm1").get("/reports/value_top100"))
     assert 'id="report-editor"' not in rm1 and "editor" not in _page_data(rm1)
-    admin = _text(_browser(app, "admin").get("/reports/value_top100"))
+    admin = _text(signed_in(app, "admin").get("/reports/value_top100"))
     assert 'id="report-editor"' in admin and 'id="report-edit-toggle"' in admin
     editor = _page_data(admin)["editor"]
     fields = {f["name"]: f for f in editor["fields"]}
@@ -141,7 +134,7 @@ def test_a_hostile_report_label_is_shown_as_text(app: Any, client: Any, login: A
         "chart": {"type": "bar", "x": "occupation", "y": ["n"]}, "dashboard": {"order": 1, "width": "half"},
     }
     assert client.put("/api/v1/meta/reports/hostile_label", json=body, headers=login("admin")).status_code == 200
-    browser = _browser(app, "admin")
+    browser = signed_in(app, "admin")
     for path in ("/reports/", "/reports/hostile_label", "/dashboard/"):
         page = _text(browser.get(path))
         assert SCRIPT not in page and "<img src=x" not in page, path
@@ -160,7 +153,7 @@ def test_the_html_shell_holds_no_personal_data(app: Any, client: Any, login: Any
         shown = names[0]
         assert shown.startswith("欧") and len(names) == 1
         # … the page shell has none of it: no name (clear or masked), no mobile, no amount
-        browser = _browser(app, username)
+        browser = signed_in(app, username)
         for path in PAGES:
             page = _text(browser.get(path))
             for secret in ("欧阳娜娜", shown, "13912345678", "139****5678", "88888888", "88,888,888"):
@@ -168,7 +161,7 @@ def test_the_html_shell_holds_no_personal_data(app: Any, client: Any, login: Any
 
 
 def test_report_messages_are_translated_for_the_page(app: Any) -> None:
-    browser = _browser(app, "rm1")
+    browser = signed_in(app, "rm1")
     token = csrf_token(_text(browser.get("/reports/value_top100")))
     resp = browser.post("/reports/_messages", json={"messages": ["must be a date (YYYY-MM-DD)", "something new"]}, headers={"X-CSRFToken": token})
     assert resp.status_code == 200 and resp.json["messages"] == ["应为日期（YYYY-MM-DD）", "something new"]

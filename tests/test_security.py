@@ -176,6 +176,9 @@ FORBIDDEN_TO_RM = {
     "/api/v1/staff/<int:user_id>": "/api/v1/staff/{rm2}",
     "/api/v1/meta/roles": "/api/v1/meta/roles",
     "/api/v1/meta/roles/<name>": "/api/v1/meta/roles/relationship_manager",
+    "/api/v1/meta/packages": "/api/v1/meta/packages",
+    "/api/v1/meta/packages/<name>": "/api/v1/meta/packages/bank",
+    "/api/v1/meta/packages/<name>/export": "/api/v1/meta/packages/bank/export",
     "/api/v1/meta/flows": "/api/v1/meta/flows",
     "/api/v1/meta/flows/<name>": "/api/v1/meta/flows/loan_approval",
     "/api/v1/meta/triggers": "/api/v1/meta/triggers",
@@ -186,6 +189,9 @@ FORBIDDEN_TO_RM = {
     "/workbench/e/<entity>/fields/<field>/edit": "/workbench/e/customer/fields/name/edit",
     "/workbench/roles/": "/workbench/roles/",
     "/workbench/roles/<name>": "/workbench/roles/relationship_manager",
+    "/workbench/packages/": "/workbench/packages/",
+    "/workbench/packages/<name>/": "/workbench/packages/bank/",
+    "/workbench/packages/<name>/export": "/workbench/packages/bank/export",
 }
 
 

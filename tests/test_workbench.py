@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import MetadataInvalid
 from engine.meta.registry import build_registry, load_core_documents
-from tests.api_helpers import csrf_token, page_login
+from tests.api_helpers import csrf_token, signed_in
 from tests.conftest import TEST_PASSWORD
 
 CUSTOMERS = "/api/v1/records/customer"
@@ -33,16 +33,11 @@ def _text(resp: Any) -> str:
     return resp.get_data(as_text=True)  # type: ignore[no-any-return]
 
 
-def _browser(app: Any, username: str) -> Any:
-    client = app.test_client()
-    resp = page_login(client, username)
-    assert resp.status_code in (302, 303), _text(resp)[:300]
-    return client
 
 
 @pytest.fixture
 def admin(app: Any) -> Any:
-    return _browser(app, "admin")
+    return signed_in(app, "admin")
 
 
 def _post(client: Any, path: str, data: dict[str, Any], page: str = WB) -> Any:
@@ -109,7 +104,7 @@ def test_an_admin_adds_a_field_and_the_record_pages_show_it_at_once(app: Any, ad
     assert resp.status_code in (302, 303)
     saved = admin.post(CUSTOMERS, json={"name": "金卡客户", "vip_level": "gold"}, headers=login("rm1"))
     assert saved.status_code == 201, _text(saved)
-    listing = _text(_browser(app, "rm1").get("/e/customer/"))
+    listing = _text(signed_in(app, "rm1").get("/e/customer/"))
     assert _headers(listing)[-2] == "贵宾等级"
     assert re.search(r'<td data-field="vip_level">\s*金卡\s*</td>', listing)
     changes = _audit(admin, login, "meta_change")
@@ -359,7 +354,7 @@ RM_PATHS_POST = [
 
 
 def test_a_relationship_manager_gets_403_on_every_workbench_url_and_sees_no_link(app: Any, login: Any) -> None:
-    rm = _browser(app, "rm1")
+    rm = signed_in(app, "rm1")
     for path in RM_PATHS_GET:
         assert rm.get(path).status_code == 403, path
     token = csrf_token(_text(rm.get("/e/customer/new")))
@@ -369,7 +364,7 @@ def test_a_relationship_manager_gets_403_on_every_workbench_url_and_sees_no_link
         assert resp.status_code == 403, path
     assert len(_history(app)) == before
     assert "/workbench/" not in _text(rm.get("/e/"))
-    assert 'id="workbench-link"' in _text(_browser(app, "admin").get("/e/"))
+    assert 'id="workbench-link"' in _text(signed_in(app, "admin").get("/e/"))
     anonymous = app.test_client().get("/workbench/")
     assert anonymous.status_code in (302, 303) and "/login/" in anonymous.headers["Location"]
 
@@ -378,7 +373,7 @@ def _metadata_editor(app: Any) -> Any:
     with app.app_context():
         sm = app.appbuilder.sm
         sm.add_user("meta1", "meta1", "Test", "meta1@test.local", [sm.find_role("metadata_editor")], password=TEST_PASSWORD)
-    return _browser(app, "meta1")
+    return signed_in(app, "meta1")
 
 
 def test_a_metadata_editor_configures_entities_in_the_workbench(app: Any) -> None:

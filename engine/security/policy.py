@@ -58,7 +58,7 @@ def load_core_roles(directory: Path | None = None) -> list[dict[str, Any]]:
 
 
 # Areas that are not entities: granted only by name, never through '*'.
-AREAS = frozenset({"audit", "meta_roles", "access_requests", "outbox", "interfaces"})
+AREAS = frozenset({"audit", "meta_roles", "access_requests", "outbox", "interfaces", "packages"})
 
 
 def check_roles(docs: Iterable[Mapping[str, Any]]) -> None:

@@ -2,7 +2,7 @@
 
 Both read only through the records service (its row scope, field masking, break-glass grants
 and audit of unmasked reads apply as in the API), in a fixed number of SQL statements that does
-not grow with the number of related rows. :meth:`Customer360.view` costs at most ten:
+not grow with the number of related rows. :meth:`Customer360.view` costs at most eleven:
 
  1. the customer (``records.get``: scope, masking, grants, audit);
  2. the header facts in one round trip: tags, consent status per purpose (the same EXISTS the
@@ -11,7 +11,9 @@ not grow with the number of related rows. :meth:`Customer360.view` costs at most
  3. holdings; 4. recent transactions; 5. contact log (interactions); 6. opportunities;
  7. tasks; 8. tickets — each one scoped list page;
  9. the monthly in/out sums of the last 24 months, grouped in SQL over the scoped transactions;
-10. the products named by holdings, transactions and opportunities (one ``id IN`` list).
+10. the products named by holdings, transactions and opportunities (one ``id IN`` list);
+11. sales scripts (话术, ``sales_script``) suited to the customer: active ones whose matching tag
+    is one of the customer's tags first, then general ones (no tag), up to five.
 
 A section whose entity the reader's role may not read is left out (None), not an error.
 
@@ -27,7 +29,6 @@ thresholds, so these are product decisions, in CNY of AUM, lower bound inclusive
                          CBRC's 2011 rules on wealth-product sales: financial assets ≥ ¥6M)
 =========  ===========  ==============================================================
 
-Not included: a script library (话术) matched by tags — no metadata entity holds scripts yet.
 Birthdays on "My work" are left out too: the birth date is masked in full for relationship
 managers, and a birthday list would reveal its month and day.
 """
@@ -170,6 +171,7 @@ class Customer360:
             "granted_fields": granted,
             "monthly": monthly,
             "products": self._titles(principal, "product", product_ids, ("code", "name", "type", "risk_level")),
+            "scripts": self._scripts(principal, header["tags"]),
             **sections,
         }
 
@@ -201,6 +203,17 @@ class Customer360:
         if status:  # stable: each group keeps the entity's default order
             items = [i for i in items if i.get(status) in open_values] + [i for i in items if i.get(status) not in open_values]
         return Section(entity, items, page.next_cursor is not None)
+
+    def _scripts(self, principal: Principal, tags: list[str]) -> list[dict[str, Any]] | None:
+        """Up to five active scripts: those for one of the customer's tags, then general ones."""
+        if not self._readable(principal, "sales_script"):
+            return None
+        suited: list[dict[str, Any]] = [{"field": "match_tag", "op": "is_null", "value": True}]
+        if tags:
+            suited.append({"field": "match_tag", "op": "in", "value": tags[:50]})
+        filt = {"and": [{"field": "active", "op": "eq", "value": True}, {"or": suited}]}
+        items = self.records.list(principal, "sales_script", filter=filt, limit=50, fields=("code", "title", "scenario", "match_tag", "body", "compliance_note")).items
+        return sorted(items, key=lambda i: (i.get("match_tag") is None, i.get("code") or ""))[:5]
 
     def _header(self, principal: Principal, cid: int) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
         """Tags, consent per purpose, my pending access requests and the monthly flows, in one

@@ -780,13 +780,21 @@ class RecordService:
     # ------------------------------------------------------------------ bulk
 
     def bulk_insert(
-        self, principal: Principal, entity: str, payloads: builtins.list[dict[str, Any]], conn: Connection | None = None, *, in_transaction_ids: bool = False
+        self,
+        principal: Principal,
+        entity: str,
+        payloads: builtins.list[dict[str, Any]],
+        conn: Connection | None = None,
+        *,
+        in_transaction_ids: bool = False,
+        snap: Snapshot | None = None,
     ) -> builtins.list[int]:
         """Validate every payload, then insert them all in one executemany (all or nothing).
 
         ``in_transaction_ids``: take the ids through ``conn`` (a caller already inside a write
-        transaction: jobs and triggers), not in a transaction of their own."""
-        v = self.view(principal, entity)
+        transaction: jobs and triggers), not in a transaction of their own. ``snap``: the
+        metadata to write with, when the caller's transaction is changing it (a package publish)."""
+        v = self.view(principal, entity, snap)
         self.authz.require(principal, entity, "create")
         errors = []
         checked = []

@@ -1,5 +1,7 @@
 """Roles as metadata, editable at runtime: read, create or replace, with history.
 
+Layers: core roles → roles of published packages (a package role named like a role below it
+*extends* that role: its grants and field rules are added) → runtime versions (which replace).
 A role document is validated, stored as a new version, compiled to policy rows and the policy
 stamp moved — all in one transaction, audited. Every process reloads the policy on its next
 request. Core roles can be changed (a bank tunes them) but not removed.
@@ -8,11 +10,12 @@ request. Core roles can be changed (a bank tunes them) but not removed.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import func, insert, select
 
 from ..errors import BadRequest, MetadataInvalid, NotFound
+from ..meta.packages import documents_of
 from ..meta.schema import schema_errors
 from ..runtime import Runtime, utcnow
 from ..security import audit
@@ -29,8 +32,11 @@ class RoleService:
         self.authz = authz
         self.core = load_core_roles()
 
-    def documents(self) -> list[dict[str, Any]]:
-        """Core roles overlaid by the newest runtime version of each role."""
+    def documents(self, packages: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Core roles, replaced by those of the published packages (or of ``packages``, a
+        candidate set being published), replaced by the newest runtime version of each role."""
+        if packages is None:
+            packages = self.runtime.cached_snapshot().packages
         d = meta_doc_table
         with self.runtime.engine.connect() as conn:
             newest = select(d.c.name, func.max(d.c.version).label("v")).where(d.c.kind == "role").group_by(d.c.name).subquery()
@@ -38,6 +44,9 @@ class RoleService:
                 select(d.c.name, d.c.doc).join(newest, (d.c.name == newest.c.name) & (d.c.version == newest.c.v)).where(d.c.kind == "role")
             ).all()
         docs = {doc["name"]: copy.deepcopy(doc) for doc in self.core}
+        for doc in documents_of(packages, ("role",)):
+            base = docs.get(doc["name"])
+            docs[doc["name"]] = _extend(base, doc) if base is not None else doc
         for r in rows:
             docs[r.name] = dict(r.doc)
         return [docs[n] for n in sorted(docs)]
@@ -95,3 +104,17 @@ class RoleService:
             )
         self.authz.refresh(policy_version)
         return dict(doc)
+
+
+def _extend(base: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A package's role of the name of a role below it (core, another package) extends it: its
+    grants and field rules are added, the labels are the package's. Two verticals can so both
+    widen ``relationship_manager`` without dropping each other's grants; narrowing a role is the
+    role administrator's change at run time."""
+    out = {**copy.deepcopy(dict(base)), **{k: copy.deepcopy(v) for k, v in doc.items() if k not in ("grants", "fields")}}
+    for key in ("grants", "fields"):
+        merged = list(copy.deepcopy(base.get(key, [])))
+        merged += [copy.deepcopy(x) for x in doc.get(key, []) if x not in merged]
+        if merged or key == "grants":
+            out[key] = merged
+    return out

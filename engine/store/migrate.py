@@ -41,7 +41,7 @@ def plan_migration(conn: Connection, metadata: MetaData) -> list[Step]:
                 steps.append(Step("add_column", table.name, col.name, str(col.type.compile(conn.dialect))))
         have_idx = {i["name"] for i in insp.get_indexes(table.name)}
         have_idx |= {u["name"] for u in insp.get_unique_constraints(table.name)}
-        for idx in table.indexes:
+        for idx in sorted(table.indexes, key=lambda i: str(i.name)):
             if idx.name not in have_idx:
                 steps.append(Step("create_index", table.name, str(idx.name), "unique" if idx.unique else ""))
         for col in table.columns:

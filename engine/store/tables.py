@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -32,6 +33,7 @@ __all__ = [
     "system_metadata",
     "state_table",
     "meta_doc_table",
+    "package_table",
     "id_alloc_table",
     "tag_table",
     "build_entity_tables",
@@ -71,6 +73,28 @@ meta_doc_table = Table(
     Column("comment", String(500)),
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("kind", "name", "version"),
+)
+
+# Template packages (verticals, exported customisations): every uploaded version, one row each.
+# At most one version of a name is active (published); its documents sit between the core
+# metadata and the runtime documents. Rolling back re-activates the previously published version.
+package_table = Table(
+    "fincrm_package",
+    system_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False),
+    Column("seq", Integer, nullable=False),  # 1, 2, … per name, in upload order
+    Column("version", String(32), nullable=False),
+    Column("digest", String(64), nullable=False),  # sha256 of the canonical JSON
+    Column("doc", JsonDoc, nullable=False),
+    Column("active", Boolean, nullable=False, default=False),
+    Column("uploaded_by", String(150)),
+    Column("uploaded_at", DateTime, nullable=False),
+    Column("published_by", String(150)),
+    Column("published_at", DateTime),
+    Column("retired_at", DateTime),  # when a rollback or a newer version replaced it
+    UniqueConstraint("name", "seq"),
+    Index("ix_fincrm_package_active", "active"),
 )
 
 # Hi/lo id blocks: ids are known before INSERT (encryption binds each value to its row id,

@@ -91,6 +91,65 @@ def seed_demo_data(app: Flask, customers: int, password: str) -> None:
         click.echo("created: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+TEMPLATE_CHOICES = ("all", "none", "bank", "securities", "insurance")
+# the vertical roles the demo staff also get once a template is published (their core role stays):
+# relationship managers act as private banker, investment advisor and insurance agent for their
+# own customers; the supervisor leads the advisers; operations and risk take the back-office roles
+DEMO_VERTICAL_ROLES: dict[str, dict[str, tuple[str, ...]]] = {
+    "bank": {"rm1": ("private_banker",), "rm2": ("private_banker",), "risk1": ("credit_officer",)},
+    "securities": {
+        "rm1": ("investment_advisor",), "rm2": ("investment_advisor",), "sup1": ("advisory_supervisor",),
+        "ops1": ("securities_operations",), "risk1": ("compliance_officer",),
+    },
+    "insurance": {"rm1": ("insurance_agent",), "rm2": ("insurance_agent",), "ops1": ("claims_handler",), "risk1": ("insurance_compliance",)},
+}
+
+
+def demo_templates(choice: str) -> tuple[str, ...]:
+    from engine.verticals import VERTICALS
+
+    return VERTICALS if choice == "all" else () if choice == "none" else (choice,)
+
+
+def publish_demo_templates(app: Flask, names: tuple[str, ...], customers: int) -> None:
+    """Publish the vertical templates (a no-op for those already published) and, the first time
+    each is published here, seed its demo data on top of the core demo."""
+    from sqlalchemy import select
+
+    from engine.runtime import POLICY_VERSION
+    from engine.security.principal import Principal
+    from engine.verticals import DemoContext, seeder
+    from engine.web.context import ensure_fab_role
+
+    svc = app.extensions["fincrm"]
+    system = Principal.system("demo")
+    with app.app_context():
+        sm = app.appbuilder.sm  # type: ignore[attr-defined]
+        users = {u: sm.find_user(username=u).id for u, *_ in DEMO_STAFF if sm.find_user(username=u) is not None}
+        branch = svc.runtime.cached_snapshot().tables["branch"]
+        with svc.runtime.engine.connect() as conn:
+            branches = {r.code: r.id for r in conn.execute(select(branch.c.code, branch.c.id))}
+        owners = [(users[u], b) for u, r, b, _ in DEMO_STAFF if r == "relationship_manager" and u in users]
+        for name in names:
+            first_time = not any(h["published_at"] for h in svc.packages.history(system, name))
+            plan = svc.packages.publish(system, name)
+            for role in svc.roles.documents():
+                ensure_fab_role(role["name"])
+            click.echo(f"模板 / template {name} {plan['version']}: " + ("already published" if plan["noop"] else "published"))
+            for username, extra in DEMO_VERTICAL_ROLES.get(name, {}).items():
+                user = sm.find_user(username=username)
+                wanted = [sm.find_role(r) for r in extra]
+                if user is not None and any(r is not None and r not in user.roles for r in wanted):
+                    user.roles.extend(r for r in wanted if r is not None and r not in user.roles)
+                    sm.update_user(user)
+            with svc.runtime.begin() as conn:
+                svc.runtime.bump(conn, POLICY_VERSION)  # cached principals pick up their new roles
+            if first_time:
+                ctx = DemoContext(records=svc.records, owners=owners, branches=branches, users=users, scale=max(customers, 1) / 2000)
+                counts = seeder(name)(ctx)
+                click.echo(f"  {name} demo data: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none"))
+
+
 @click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=False, add_version_option=False)
 def main() -> None:
     """FinCRM — metadata-driven CRM for banks, securities firms and insurers."""
@@ -101,9 +160,11 @@ def main() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--data-dir", default="fincrm-data", show_default=True, type=click.Path(file_okay=False))
 @click.option("--customers", default=2000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--template", "template", type=click.Choice(TEMPLATE_CHOICES), default="all", show_default=True,
+              help="vertical templates to publish, with their demo data")
 @click.option("--no-serve", is_flag=True, help="seed the data and exit")
-def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) -> None:
-    """Build the demo (SQLite in DATA_DIR, demo staff, synthetic data) and serve it."""
+def demo(host: str, port: int, data_dir: str, customers: int, template: str, no_serve: bool) -> None:
+    """Build the demo (SQLite in DATA_DIR, demo staff, synthetic data, vertical templates) and serve it."""
     from app import create_app
 
     os.environ["FINCRM_DATA_DIR"] = str(Path(data_dir).resolve())
@@ -114,6 +175,7 @@ def demo(host: str, port: int, data_dir: str, customers: int, no_serve: bool) ->
         password = secrets.token_urlsafe(12) + "-Aa1"  # meets the password policy
     app = create_app({"FINCRM_DATA_DIR": str(Path(data_dir).resolve())})
     seed_demo_data(app, customers, password)
+    publish_demo_templates(app, demo_templates(template), customers)
     click.echo("")
     click.echo(f"FinCRM demo: http://{host}:{port}/  (API: http://{host}:{port}/api/v1/openapi.json)")
     click.echo("staff: " + ", ".join(u for u, *_ in DEMO_STAFF))
@@ -365,16 +427,17 @@ def _celery_worker(seconds: float, concurrency: int) -> None:
     )
 
 
-from . import cli_backup, cli_import, cli_serve  # noqa: E402  (their commands join ``main``)
+from . import cli_backup, cli_import, cli_serve, cli_template  # noqa: E402  (their commands join ``main``)
 
 cli_backup.add_commands(main)
 cli_import.add_commands(main)
 cli_serve.add_commands(main)  # serve, and run as its alias
+cli_template.add_commands(main)
 
 
 def register_cli(app: Flask) -> None:
     """Hook for `flask --app app …` users: the same commands on the app's own CLI."""
-    for name in ("init", "user", "jobs", "import", "backup", "restore"):
+    for name in ("init", "user", "jobs", "import", "backup", "restore", "template"):
         if name not in app.cli.commands:
             app.cli.add_command(main.commands[name])
 

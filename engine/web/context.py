@@ -14,6 +14,7 @@ from ..services.audit_log import AuditLog
 from ..services.meta import MetaService
 from ..services.notifications import Notifications
 from ..services.records import RecordService
+from ..services.packages import PackageService
 from ..services.roles import RoleService
 from ..services.staff import StaffService
 from ..services.views import SavedViews
@@ -39,6 +40,7 @@ class Services:
     triggers: TriggerEngine = field(init=False)
     flows: FlowEngine = field(init=False)
     automation: AutomationDocs = field(init=False)
+    packages: PackageService = field(init=False)
     principal_cache: dict[Any, Any] = field(default_factory=dict)
     importer: Any = None  # engine.io.importer.Importer, made on first use (it needs the data dir)
 
@@ -54,6 +56,7 @@ class Services:
         self.triggers = TriggerEngine(self.runtime, self.records).install()  # on-change triggers run inside writes
         self.flows = FlowEngine(self.runtime, self.records).install()  # flow fields change only through transitions
         self.automation = AutomationDocs(self.runtime, self.authz, self.meta)
+        self.packages = PackageService(self.runtime, self.authz, self.roles, self.records)
 
 
 def services() -> Services:

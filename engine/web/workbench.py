@@ -30,7 +30,7 @@ __all__ = ["WorkbenchView", "field_doc_from_form", "field_changes_from_form", "e
 
 ACTIONS = ("read", "create", "update", "delete", "export", "import", "approve", "unmask", "configure")
 SCOPES = ("own", "team", "branch", "all")
-AREAS = ("audit", "meta_roles", "access_requests", "outbox", "interfaces")  # grant targets that are not entities
+AREAS = ("audit", "meta_roles", "access_requests", "outbox", "interfaces", "packages")  # grant targets that are not entities
 WORDS: Mapping[str, tuple[str, str]] = {
     "read": ("查看", "read"), "create": ("新建", "create"), "update": ("修改", "update"), "delete": ("删除", "delete"),
     "export": ("导出", "export"), "import": ("导入", "import"), "approve": ("审批", "approve"), "unmask": ("查看明文", "unmask"),
@@ -39,6 +39,7 @@ WORDS: Mapping[str, tuple[str, str]] = {
     "meta_roles": ("角色与权限", "roles"), "access_requests": ("敏感数据查看申请", "access requests"),
     "outbox": ("通知发件箱", "notification outbox"),
     "interfaces": ("接口调用与死信", "interface calls and dead letters"),
+    "packages": ("模板发布", "template packages"),
 }
 SENSITIVITIES = ("C1", "C2", "C3")
 MASKS = ("name", "mobile", "id", "card", "email", "full", "none")
