@@ -405,7 +405,6 @@
       syncLinks(q);
       return request(data.api + (q.toString() ? '?' + q.toString() : '')).then(function (r) {
         if (mine !== seq) { return; }
-        form.setAttribute('data-state', r.ok ? 'done' : 'error');
         if (!r.ok) {
           // no stale figures beside an error: the table and the chart are for the last good run only
           els.status.textContent = '';
@@ -413,8 +412,10 @@
           els.table.setAttribute('data-rows', '0');
           show(els.chartPanel, false);
           show(els.truncated, false);
-          return showHttpError(r);
+          // the state says "error" once the (translated) messages are on the page, not before
+          return showHttpError(r).then(function () { if (mine === seq) { form.setAttribute('data-state', 'error'); } });
         }
+        form.setAttribute('data-state', 'done');
         var result = r.body;
         els.status.textContent = (result.rows || []).length ? format(L.rows, { n: intFormat.format(result.rows.length) }) : L.no_rows;
         els.truncated.textContent = format(L.truncated, { n: intFormat.format((result.rows || []).length) });
