@@ -211,6 +211,7 @@ def sample_package(name: str, prefix: str, version: str = "1.0.0", *, role: bool
              {"name": "balance", "type": "decimal", "label": {"zh": "余额", "en": "Balance"}, "precision": 18, "scale": 2, "sensitivity": "C2"}],
          "list_columns": ["code", "customer", "balance"]},
         {"kind": "entity_overlay", "name": "customer", "fields": fields,
+         "relations": [{"name": f"{prefix}_accounts", "entity": f"{prefix}_account", "field": "customer", "label": {"zh": "测试账户", "en": "Test accounts"}}],
          "tag_sets": [{"name": f"{prefix}_tags", "label": {"zh": "测试标签", "en": "Test tags"}, "tags": [{"value": "甲类", "label": {"zh": "甲类", "en": "Class A"}}]}]},
     ]
     if role:

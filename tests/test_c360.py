@@ -227,8 +227,10 @@ def test_the_360_takes_a_fixed_number_of_statements_whatever_the_data(browser: A
             service_counts[name] = len(seen)
         assert len(data["holdings"].items) == 60 and len(data["transactions"].items) == 10 and data["transactions"].more
     print(f"\n360 statements: page {counts}, service {service_counts}")
-    assert counts["small"] == counts["large"] <= 11  # the whole page, session user included
-    assert service_counts["small"] == service_counts["large"] <= 10
+    further = len(data["more_sections"])  # one list page per further relation (loan applications, policies …)
+    assert further == 3, [r["name"] for r in data["more_sections"]]
+    assert counts["small"] == counts["large"] <= 11 + further  # the whole page, session user included
+    assert service_counts["small"] == service_counts["large"] <= 10 + further
 
 
 def test_the_monthly_aggregate_matches_a_hand_computation(app: Any, login: Any, client: Any) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import func, inspect, select, table
 from engine.errors import MetadataInvalid
 from engine.meta.packages import check_package, digest, layer, load_package_dir, shipped_packages
 from engine.store.tables import meta_doc_table, package_table
-from tests.api_helpers import LABEL, app_config, dispose, publish_vertical, sample_package
+from tests.api_helpers import LABEL, app_config, dispose, publish_vertical, sample_package, signed_in
 
 L = LABEL
 
@@ -162,6 +162,12 @@ def test_publish_plan_apply_noop_history_rollback(app: Any, client: Any, login: 
     with app.app_context():
         view = Customer360(app.extensions["fincrm"].records).view(Principal.system("t"), cid)
     assert [s["code"] for s in view["scripts"]] == ["PKG-2", "PKG-1"]
+    # … and the package's relation as a section of its own, on the page too
+    mine = next(r for r in view["more_sections"] if r["name"] == "pkg_accounts")
+    assert [i["code"] for i in mine["section"].items] == ["A1"] and "customer" not in mine["columns"]
+    page = signed_in(app, "admin").get(f"/c360/{cid}").get_data(as_text=True)
+    assert 'data-relation="pkg_accounts"' in page and 'id="c360-rel-pkg_accounts"' in page
+    assert 'id="c360-scripts"' in page and 'data-code="PKG-2"' in page
 
     # the same content again: a no-op, nothing written
     before = _rows(app, select(func.count()).select_from(package_table))

@@ -2,7 +2,7 @@
 
 Both read only through the records service (its row scope, field masking, break-glass grants
 and audit of unmasked reads apply as in the API), in a fixed number of SQL statements that does
-not grow with the number of related rows. :meth:`Customer360.view` costs at most eleven:
+not grow with the number of related rows. :meth:`Customer360.view` costs eleven, plus one per further relation:
 
  1. the customer (``records.get``: scope, masking, grants, audit);
  2. the header facts in one round trip: tags, consent status per purpose (the same EXISTS the
@@ -13,7 +13,12 @@ not grow with the number of related rows. :meth:`Customer360.view` costs at most
  9. the monthly in/out sums of the last 24 months, grouped in SQL over the scoped transactions;
 10. the products named by holdings, transactions and opportunities (one ``id IN`` list);
 11. sales scripts (话术, ``sales_script``) suited to the customer: active ones whose matching tag
-    is one of the customer's tags first, then general ones (no tag), up to five.
+    is one of the customer's tags first, then general ones (no tag), up to five;
+
+and one scoped list page (five records) per further relation the customer declares — the core's
+loan applications, insurance policies and survey answers, and whatever a published template adds
+(credit reports, positions, beneficiaries …) — so the number of statements depends on the
+metadata, never on the data.
 
 A section whose entity the reader's role may not read is left out (None), not an error.
 
@@ -89,6 +94,9 @@ class Section:
     items: list[dict[str, Any]]
     more: bool
 
+
+FIXED_SECTIONS = frozenset({"holding", "transaction", "interaction", "opportunity", "task", "ticket"})
+FURTHER_LIMIT = 5  # records per further relation (the list page has the rest)
 
 # "Open" values of the status-like fields, shown first; the rest only if recently changed.
 OPEN_VALUES: Mapping[str, tuple[str, tuple[str, ...]]] = {
@@ -172,6 +180,7 @@ class Customer360:
             "monthly": monthly,
             "products": self._titles(principal, "product", product_ids, ("code", "name", "type", "risk_level")),
             "scripts": self._scripts(principal, header["tags"]),
+            "more_sections": self._further(principal, cid),
             **sections,
         }
 
@@ -203,6 +212,21 @@ class Customer360:
         if status:  # stable: each group keeps the entity's default order
             items = [i for i in items if i.get(status) in open_values] + [i for i in items if i.get(status) not in open_values]
         return Section(entity, items, page.next_cursor is not None)
+
+    def _further(self, principal: Principal, cid: int) -> list[dict[str, Any]]:
+        """The customer's other relations (not the fixed sections, not consents: the header has
+        them), each the reader may read: ``{"name", "label", "entity", "field", "columns", "section"}``."""
+        registry = self.runtime.cached_snapshot().registry
+        out = []
+        for rel in registry.entity("customer").relations:
+            if rel.entity in FIXED_SECTIONS or rel.entity == "consent" or not self._readable(principal, rel.entity):
+                continue
+            spec = registry.entity(rel.entity)
+            page = self.records.list(principal, rel.entity, filter={"field": rel.field, "op": "eq", "value": cid}, limit=FURTHER_LIMIT)
+            columns = [c for c in (spec.list_columns or tuple(f.name for f in spec.live_fields)) if c != rel.field][:5]
+            out.append({"name": rel.name, "label": rel.label, "entity": rel.entity, "field": rel.field, "columns": columns,
+                        "section": Section(rel.entity, page.items, page.next_cursor is not None)})
+        return out
 
     def _scripts(self, principal: Principal, tags: list[str]) -> list[dict[str, Any]] | None:
         """Up to five active scripts: those for one of the customer's tags, then general ones."""
