@@ -205,14 +205,19 @@ def test_the_dry_run_plans_everything_the_publish_applies_and_a_second_publish_i
     assert resp.status_code == 200 and resp.json["noop"], resp.get_data(as_text=True)
 
 
-def test_the_package_is_valid_and_its_core_role_replacements_keep_every_core_grant() -> None:
+def test_the_package_is_valid_and_its_core_role_refinements_keep_every_core_grant() -> None:
+    from engine.services.roles import _extend  # how a package role extends the role of its name
+
     pkg = load_package_dir(PACKAGE_DIR)
     assert package_errors(pkg) == []
-    roles = {d["name"]: d for d in pkg["documents"] if d["kind"] == "role"}
-    replaced = sorted(n for n in roles if (METADATA_DIR / "core" / "roles" / f"{n}.json").exists())
+    shipped = {d["name"]: d for d in pkg["documents"] if d["kind"] == "role"}
+    replaced = sorted(n for n in shipped if (METADATA_DIR / "core" / "roles" / f"{n}.json").exists())
     assert replaced == ["branch_manager", "operations", "relationship_manager", "risk_control", "supervisor"]
+    roles = dict(shipped)
     for name in replaced:
         core = json.loads((METADATA_DIR / "core" / "roles" / f"{name}.json").read_text(encoding="utf-8"))
+        assert not [g for g in shipped[name]["grants"] if g in core["grants"]], f"{name}: the package lists only what it adds"
+        roles[name] = _extend(core, shipped[name])
         granted = {(g["entity"], a, g["scope"]) for g in roles[name]["grants"] for a in g["actions"]}
         missing = [(g["entity"], a, g["scope"]) for g in core["grants"] for a in g["actions"] if (g["entity"], a, g["scope"]) not in granted]
         assert missing == [], f"{name} lost core grants"
