@@ -209,16 +209,18 @@ class PackageService:
 
     def _candidate(
         self, conn: Connection, pkg: Mapping[str, Any] | None, version: int, name: str | None = None
-    ) -> tuple[Snapshot, builtins.list[Mapping[str, Any]]]:
+    ) -> tuple[Snapshot, builtins.list[dict[str, Any]]]:
         """The metadata with ``pkg`` published (or package ``name`` removed when ``pkg`` is None):
-        every error of dependencies, entities, overlays, flows, triggers, reports and roles."""
+        every error of dependencies, entities, overlays, flows, triggers, reports and roles. Returns
+        the candidate snapshot and the role documents in force with it."""
         name = pkg["name"] if pkg is not None else name
         packages = [p for p in self.runtime.cached_snapshot().packages if p["name"] != name] + ([pkg] if pkg is not None else [])
         ordered, errors = dependency_order(packages)
         if errors:
             raise MetadataInvalid("package dependencies are not met", errors)
         snap = self.runtime.build(conn, version, packages=list(ordered))
-        check_roles(self.roles.documents(packages=ordered))
+        roles = self.roles.documents(packages=ordered)
+        check_roles(roles)
         if pkg is not None:
             _role_errors(snap, pkg)
             _seed_errors(snap, pkg)
@@ -228,7 +230,7 @@ class PackageService:
                 quote_errors = quote_config_errors(snap.registry, pkg["quotes"])
                 if quote_errors:
                     raise MetadataInvalid("the package's quotes declaration does not fit its entities", quote_errors)
-        return snap, list(ordered)
+        return snap, roles
 
     def _apply(self, principal: Principal, pkg: Mapping[str, Any] | None, *, dry_run: bool, action: str, name: str | None = None) -> dict[str, Any]:
         name = pkg["name"] if pkg is not None else name
@@ -238,8 +240,8 @@ class PackageService:
         try:
             with self.runtime.begin() as conn:
                 version = self.runtime.bump(conn, META_VERSION)  # takes the write lock: publishes serialise
-                snap, ordered = self._candidate(conn, pkg, version, name)
-                new_roles = {r["name"]: r for r in self.roles.documents(packages=ordered)}
+                snap, role_docs = self._candidate(conn, pkg, version, name)
+                new_roles = {r["name"]: r for r in role_docs}
                 roles_changed = sorted(n for n in new_roles.keys() | old_roles.keys() if new_roles.get(n) != old_roles.get(n))
                 if roles_changed:
                     self.authz.require(principal, "meta_roles", "configure")

@@ -152,6 +152,7 @@ def _stored_key(runtime: Runtime) -> dict[str, Any]:
     decrypted (a wrong or missing master key passes the round trip but fails here, so the
     instance is not put in service to answer every customer read with a 500)."""
     from ..security.crypto import aad_for
+    from ..security.rotation import encrypted_columns
 
     snap = runtime.cached_snapshot()
     checked_at = _STORED_KEY_OK.get(snap.version)
@@ -159,16 +160,11 @@ def _stored_key(runtime: Runtime) -> dict[str, Any]:
         return {"cached": True}
     sampled = 0
     with runtime.primary_engine.connect() as conn:
-        for spec in snap.registry.entities.values():
-            t = snap.tables[spec.name]
-            for f in spec.fields:
-                if not f.encrypted or f.storage != "column":
-                    continue
-                col = t.c[f.name]
-                row = conn.execute(select(t.c.id, col).where(col.is_not(None)).order_by(t.c.id.desc()).limit(1)).first()
-                if row is not None:
-                    runtime.keyring.decrypt(row[1], aad_for(t.name, f.name, row[0]))
-                    sampled += 1
+        for _entity, t, field, col in encrypted_columns(snap):
+            row = conn.execute(select(t.c.id, col).where(col.is_not(None)).order_by(t.c.id.desc()).limit(1)).first()
+            if row is not None:
+                runtime.keyring.decrypt(row[1], aad_for(t.name, field, row[0]))
+                sampled += 1
     _STORED_KEY_OK.clear()
     _STORED_KEY_OK[snap.version] = time.monotonic()
     return {"sampled": sampled}
