@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import create_engine, delete, text
+
+from engine import plugins
 
 from tests.conftest import TEST_DB_URL, TEST_MASTER_KEY, TEST_PASSWORD, reset_postgres
 
@@ -228,6 +231,29 @@ def sample_package(name: str, prefix: str, version: str = "1.0.0", *, role: bool
                      {"code": f"{code}-2", "title": "甲类客户推荐", "scenario": "recommend", "match_tag": "甲类", "body": "根据您的情况推荐稳健型产品。"}]},
     ]
     return {"kind": "package", "name": name, "version": version, "label": label or {"zh": "测试模板", "en": "Test template"}, "documents": documents}
+
+
+def finished_import(client: Any, headers: dict[str, str], resp: Any) -> dict[str, Any]:
+    """The import job an upload started (``POST /api/v1/import/…``), polled until it has finished."""
+    assert resp.status_code in (201, 202), resp.get_json()
+    job = resp.get_json()
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+        job = client.get(f"/api/v1/import/jobs/{job['id']}", headers=headers).get_json()
+    return job  # type: ignore[no-any-return]
+
+
+class ChannelPlugin:
+    """A plugin providing the given notification channels (registered in code by a test)."""
+
+    def __init__(self, **channels: Any) -> None:
+        self.channels = channels
+
+    @plugins.hookimpl
+    def fincrm_notification_channels(self) -> dict[str, Any]:
+        return self.channels
 
 
 def publish_vertical(app: Any, name: str, **kw: Any) -> dict[str, Any]:

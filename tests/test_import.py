@@ -12,7 +12,7 @@ from typing import Any
 from openpyxl import Workbook
 
 from engine.demo import make_id_number, make_mobile
-from tests.api_helpers import app, assert_error, client, login, shared_app  # noqa: F401  (module-wide app)
+from tests.api_helpers import app, assert_error, client, finished_import, login, shared_app  # noqa: F401  (module-wide app)
 
 HEADERS = ["姓名", "性别", "出生日期", "身份证号", "手机号", "职业", "资产规模(AUM)"]
 
@@ -54,17 +54,6 @@ def _upload(client: Any, headers: dict[str, str], data: bytes, filename: str = "
     return client.post(f"/api/v1/import/{entity}", headers=headers, data=form, content_type="multipart/form-data")
 
 
-def _finished(client: Any, headers: dict[str, str], resp: Any) -> dict[str, Any]:
-    assert resp.status_code in (201, 202), resp.get_json()
-    job = resp.get_json()
-    deadline = time.monotonic() + 120
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-        job = client.get(f"/api/v1/import/jobs/{job['id']}", headers=headers).get_json()
-    return job
-
-
 def _errors(client: Any, headers: dict[str, str], job: dict[str, Any]) -> list[list[str]]:
     resp = client.get(job["errors_url"], headers=headers)
     assert resp.status_code == 200
@@ -103,7 +92,7 @@ def test_utf8_file_with_chinese_headers_is_cleaned_and_imported(app: Any, client
     rows[1][4] = f"+86 {p[1]['mobile'][:3]}-{p[1]['mobile'][3:7]}-{p[1]['mobile'][7:]}"
     rows[2][6] = "1,234,567.80"
     rows[2][0] = "  " + rows[2][0] + " "
-    job = _finished(client, admin, _upload(client, admin, _csv(rows)))
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows)))
     assert job["status"] == "done", job
     assert job["counts"] == {"rows": 3, "inserted": 3, "updated": 0, "skipped": 0, "errors": 0}
     assert job["mapping"]["身份证号"] == "id_number" and job["mapping"]["性别"] == "gender"
@@ -124,9 +113,9 @@ def test_utf8_file_with_chinese_headers_is_cleaned_and_imported(app: Any, client
 def test_gbk_excel_export_is_recognised(client: Any, login: Any) -> None:
     admin = login("admin")
     p = _people(2, seed=11)
-    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p], encoding="gbk")))
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in p], encoding="gbk")))
     assert job["encoding"] == "gb18030" and job["counts"]["inserted"] == 2
-    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in _people(1, seed=12)], encoding="utf-16", delimiter="\t")))
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in _people(1, seed=12)], encoding="utf-16", delimiter="\t")))
     assert job["encoding"] == "utf-16" and job["counts"]["inserted"] == 1, job
 
 
@@ -141,7 +130,7 @@ def test_xlsx_with_typed_cells_and_a_formula_cell(client: Any, login: Any) -> No
     ws.append(["=HYPERLINK(\"http://evil\",\"x\")", p[2]["gender"], p[2]["birth"], p[2]["id"], p[2]["mobile"], "教师", "1"])
     buf = io.BytesIO()
     wb.save(buf)
-    job = _finished(client, admin, _upload(client, admin, buf.getvalue(), filename="客户.xlsx"))
+    job = finished_import(client, admin, _upload(client, admin, buf.getvalue(), filename="客户.xlsx"))
     assert job["format"] == "xlsx" and job["counts"]["inserted"] == 2 and job["counts"]["errors"] == 1, job
     errors = _errors(client, admin, job)
     assert errors[0][0] == "4" and errors[0][1] == "姓名" and "formula" in errors[0][3]
@@ -203,11 +192,11 @@ def test_ten_percent_bad_rows_skip_or_abort(client: Any, login: Any) -> None:
         else:
             rows[i][0] = "=cmd|' /C calc'!A0"
     data = _csv(rows)
-    job = _finished(client, admin, _upload(client, admin, data, on_error="abort"))
+    job = finished_import(client, admin, _upload(client, admin, data, on_error="abort"))
     assert job["status"] == "failed" and job["counts"]["errors"] == 20 and job["counts"]["inserted"] == 0, job
     assert len(_errors(client, admin, job)) == 20
     assert _customers(client, admin) == []
-    job = _finished(client, admin, _upload(client, admin, data, batch_size=37))
+    job = finished_import(client, admin, _upload(client, admin, data, batch_size=37))
     assert job["status"] == "done" and job["counts"]["inserted"] == 180 and job["counts"]["errors"] == 20, job
     errors = _errors(client, admin, job)
     assert sorted(int(e[0]) for e in errors) == [i + 2 for i in range(0, 200, 10)]
@@ -221,14 +210,14 @@ def test_ten_percent_bad_rows_skip_or_abort(client: Any, login: Any) -> None:
 def test_dry_run_previews_masked_and_writes_nothing(client: Any, login: Any) -> None:
     admin, rm1 = login("admin"), login("rm1")
     p = _people(5, seed=31)
-    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p]), dry_run="1"))
+    job = finished_import(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p]), dry_run="1"))
     assert job["status"] == "done" and job["counts"]["inserted"] == 5, job
     assert _customers(client, admin) == []
     preview = job["preview"]
     assert len(preview) == 5
     assert all(p[0]["id"] != r.get("id_number") for r in preview)
     # the preview shows values exactly as rm1's reads will: compare with the real import read back
-    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p])))
+    job = finished_import(client, rm1, _upload(client, rm1, _csv([_row(x) for x in p])))
     stored = sorted(_customers(client, rm1), key=lambda c: c["id"])
     for shown, record in zip(preview, stored):
         for name in ("name", "id_number", "mobile", "aum", "birth_date"):
@@ -238,12 +227,12 @@ def test_dry_run_previews_masked_and_writes_nothing(client: Any, login: Any) -> 
 def test_upsert_by_encrypted_id_updates_and_keeps_empty_cells(app: Any, client: Any, login: Any) -> None:
     admin = login("admin")
     p = _people(4, seed=41)
-    _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p[:2]])))
+    finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in p[:2]])))
     before = {c["name"]: c for c in _clear(app)}
     # row 1: same ID, new mobile, empty occupation (kept); row 2: new person
     new_mobile = make_mobile(random.Random(99))
     changed = [p[0]["name"], "", "", p[0]["id"], new_mobile, "", ""]
-    job = _finished(client, admin, _upload(client, admin, _csv([changed, _row(p[2])]), mode="upsert"))
+    job = finished_import(client, admin, _upload(client, admin, _csv([changed, _row(p[2])]), mode="upsert"))
     assert job["counts"] == {"rows": 2, "inserted": 1, "updated": 1, "skipped": 0, "errors": 0}, job
     after = {c["name"]: c for c in _clear(app)}
     assert after[p[0]["name"]]["mobile"] == new_mobile and after[p[0]["name"]]["occupation"] == "工程师"
@@ -255,16 +244,16 @@ def test_upsert_by_encrypted_id_updates_and_keeps_empty_cells(app: Any, client: 
 def test_dedupe_within_the_file_and_against_the_database(app: Any, client: Any, login: Any) -> None:
     admin = login("admin")
     p = _people(3, seed=51)
-    _finished(client, admin, _upload(client, admin, _csv([_row(p[0])])))
+    finished_import(client, admin, _upload(client, admin, _csv([_row(p[0])])))
     rows = [_row(p[0]), _row(p[1]), _row(p[1]), _row(p[2])]
     rows[2][5] = "医生"
-    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="skip"))
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows), dedupe="skip"))
     assert job["counts"] == {"rows": 4, "inserted": 2, "updated": 0, "skipped": 2, "errors": 0}, job
-    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="error"))
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows), dedupe="error"))
     assert job["counts"]["errors"] == 4 and job["counts"]["inserted"] == 0, job
     messages = sorted(e[3] for e in _errors(client, admin, job))
     assert messages == ["already exists", "already exists", "already exists", "duplicate of row 3"]
-    job = _finished(client, admin, _upload(client, admin, _csv(rows), dedupe="update"))
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows), dedupe="update"))
     assert job["counts"]["updated"] == 3 and job["counts"]["skipped"] == 1, job
     occupations = {c["name"]: c["occupation"] for c in _clear(app)}
     assert occupations[p[1]["name"]] == "医生"  # the later row of the file won
@@ -273,19 +262,19 @@ def test_dedupe_within_the_file_and_against_the_database(app: Any, client: Any, 
 def test_relationship_manager_cannot_reach_another_managers_customer_by_import(app: Any, client: Any, login: Any) -> None:
     rm1, rm2, admin = login("rm1"), login("rm2"), login("admin")
     p = _people(3, seed=61)
-    job = _finished(client, rm2, _upload(client, rm2, _csv([_row(p[0])])))
+    job = finished_import(client, rm2, _upload(client, rm2, _csv([_row(p[0])])))
     assert job["counts"]["inserted"] == 1
     theirs = _customers(client, rm2)[0]
     # upsert with rm2's customer's ID number: refused like a create, nothing changed or shown
     hijack = [_row(p[0])[:4] + [make_mobile(random.Random(5)), "黑客", "9"]]
-    job = _finished(client, rm1, _upload(client, rm1, _csv(hijack), mode="upsert"))
+    job = finished_import(client, rm1, _upload(client, rm1, _csv(hijack), mode="upsert"))
     assert job["counts"]["updated"] == 0 and job["counts"]["errors"] == 1, job
     assert _errors(client, rm1, job)[0][3] == "is already used by another record"
     assert job["preview"] == []
     assert _customers(client, rm2)[0]["version"] == theirs["version"]
     assert _customers(client, rm1) == []
     # rows owned by someone else are outside what rm1 may create
-    job = _finished(client, rm1, _upload(client, rm1, _csv([_row(p[1]) + ["rm2"]], headers=HEADERS + ["客户经理"])))
+    job = finished_import(client, rm1, _upload(client, rm1, _csv([_row(p[1]) + ["rm2"]], headers=HEADERS + ["客户经理"])))
     assert job["counts"]["inserted"] == 0 and job["counts"]["errors"] == 1, job
     assert "outside" in _errors(client, rm1, job)[0][3]
     # another user's job and its error file are not there for rm1
@@ -298,7 +287,7 @@ def test_fifty_thousand_rows(client: Any, login: Any, monkeypatch: Any) -> None:
     monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "2")  # parsed by two worker processes
     admin = login("admin")
     p = list({x["id"]: x for x in _people(50_100, seed=71)}.values())[:50_000]
-    job = _finished(client, admin, _upload(client, admin, _csv([_row(x) for x in p]), batch_size=5000))
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in p]), batch_size=5000))
     assert job["status"] == "done" and job["counts"]["inserted"] == 50_000 and job["total_rows"] == 50_000, job
     count = client.get("/api/v1/records/customer", headers=admin, query_string={"limit": 1, "count": "1"}).get_json()
     assert count.get("count", 10_000) == 10_000  # capped count: more than the cap are there
@@ -363,7 +352,7 @@ def test_references_by_name_and_owners_by_username(app: Any, client: Any, login:
         assert client.post("/api/v1/records/branch", headers=admin, json={"code": code, "name": name}).status_code == 201
     p = _people(4, seed=87)
     rows = [_row(x) + extra for x, extra in zip(p, (["北京分行", "rm1"], ["上海分行", "rm2"], ["深圳分行", "rm1"], ["北京分行", "nobody"]))]
-    job = _finished(client, admin, _upload(client, admin, _csv(rows, headers=HEADERS + ["所属机构", "客户经理"])))
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows, headers=HEADERS + ["所属机构", "客户经理"])))
     assert job["counts"]["inserted"] == 1 and job["counts"]["errors"] == 3, job
     messages = {int(e[0]): (e[1], e[3]) for e in _errors(client, admin, job)}
     assert messages[3] == ("所属机构", "2 branch records have this name: give the id")

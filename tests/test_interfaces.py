@@ -18,7 +18,7 @@ from engine import plugins
 from engine.flows.interfaces import RetryPolicy, interface_call_table, interface_dead_letter_table, redact, summarize
 from engine.flows.outbox import deliver_pending, enqueue_many
 from engine.security.audit import audit_table
-from tests.api_helpers import app, assert_error, client, login, shared_app  # noqa: F401  (module-wide app)
+from tests.api_helpers import ChannelPlugin, app, assert_error, client, login, shared_app  # noqa: F401  (module-wide app)
 from tests.http_fake import HttpFake, Reply
 
 ID_NUMBER = "11010519491231002X"
@@ -249,15 +249,6 @@ class Channel:
         if self.fail:
             raise ConnectionError(f"SMS gateway refused {mobile}")
         self.sent.append(mobile)
-
-
-class ChannelPlugin:
-    def __init__(self, **channels: Any) -> None:
-        self.channels = channels
-
-    @plugins.hookimpl
-    def fincrm_notification_channels(self) -> dict[str, Any]:
-        return self.channels
 
 
 def test_notification_channel_sends_are_in_the_call_log_and_keep_the_outbox_retries(app: Any, client: Any, login: Any) -> None:

@@ -31,7 +31,7 @@ from engine.flows.outbox import enqueue_many
 from engine.security.audit import audit_head_table
 from engine.security.crypto import DecryptError, Keyring
 from engine.web.logs import RedactQuery, configure_logging, log_format
-from tests.api_helpers import SECRET_KEY, app, client, login, shared_app  # noqa: F401  (module-wide app)
+from tests.api_helpers import SECRET_KEY, app, client, finished_import, login, shared_app  # noqa: F401  (module-wide app)
 from tests.conftest import TEST_MASTER_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,14 +286,7 @@ def _csv(rows: list[list[str]]) -> bytes:
 def _import(client: Any, headers: dict[str, str], data: bytes, **options: str) -> dict[str, Any]:
     form: dict[str, Any] = {**options, "file": (io.BytesIO(data), "customers.csv")}
     resp = client.post("/api/v1/import/customer", headers=headers, data=form, content_type="multipart/form-data")
-    assert resp.status_code in (201, 202), resp.get_json()
-    job = resp.get_json()
-    deadline = time.monotonic() + 120
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
-        job = client.get(f"/api/v1/import/jobs/{job['id']}", headers=headers).get_json()
-    return job  # type: ignore[no-any-return]
+    return finished_import(client, headers, resp)
 
 
 def test_an_import_moves_the_row_counters_and_logs_no_id_number(client: Any, login: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from engine.flows.outbox import LEASE, MAX_ATTEMPTS, backoff, deliver_pending, e
 from engine.flows.tables import outbox_table
 from engine.security.audit import audit_table
 from engine.security.principal import Principal
-from tests.api_helpers import assert_error, client, csrf_token, login, page_login, shared_app, wipe_records  # noqa: F401  (module-wide app)
+from tests.api_helpers import ChannelPlugin, assert_error, client, csrf_token, login, page_login, shared_app, wipe_records  # noqa: F401  (module-wide app)
 
 NOW = dt.datetime(2026, 1, 5, 1, 0, 0)  # naive UTC, as the engine keeps time
 MOBILE = "13800138000"
@@ -50,15 +50,6 @@ class Recorder:
         if self.fail_with is not None:
             raise self.fail_with
         self.sent.append((message, contact))
-
-
-class ChannelPlugin:
-    def __init__(self, **channels: Any) -> None:
-        self.channels = channels
-
-    @plugins.hookimpl
-    def fincrm_notification_channels(self) -> dict[str, Any]:
-        return self.channels
 
 
 @pytest.fixture
