@@ -234,21 +234,11 @@ def seed(rt: Runtime, customers: int, transactions: int) -> dict[str, Any]:
     params: dict[str, Any] = {"n": customers, "lam": lam, "now": END if d.pg else END.strftime("%Y-%m-%d %H:%M:%S")}
     out: dict[str, Any] = {}
     try:
-        with ld.atomic():
-            ld.exec(
-                "CREATE TABLE IF NOT EXISTS analytics_bench_seed (phase VARCHAR(32) PRIMARY KEY, spec TEXT NOT NULL, "
-                "row_count BIGINT NOT NULL, seconds FLOAT NOT NULL, done_at VARCHAR(32) NOT NULL)"
-            )
+        ld.create_markers("analytics_bench_seed")
         for phase in (*PHASES, "analyze"):
-            with ld.atomic():
-                done = ld.scalar("SELECT spec FROM analytics_bench_seed WHERE phase = :p", {"p": phase})
-            if done is not None:
-                if done != spec:
-                    raise SystemExit(f"this database was seeded with {done}, not {spec}: run without --reuse")
-                with ld.atomic():
-                    rows = ld.scalar("SELECT row_count FROM analytics_bench_seed WHERE phase = :p", {"p": phase})
-                    secs = ld.scalar("SELECT seconds FROM analytics_bench_seed WHERE phase = :p", {"p": phase})
-                out[phase] = {"rows": int(rows), "seconds": round(float(secs), 1), "skipped": True}
+            earlier = ld.phase_done("analytics_bench_seed", phase, spec, "run without --reuse")
+            if earlier is not None:
+                out[phase] = earlier
                 continue
             started = time.perf_counter()
             rows = 0
@@ -277,32 +267,12 @@ def seed(rt: Runtime, customers: int, transactions: int) -> dict[str, Any]:
             else:
                 table = PHASE_TABLE[phase]
                 with ld.atomic():
-                    if ld.scalar(f"SELECT count(*) FROM {table}"):
-                        raise SystemExit(f"{table} has rows but no seeding marker: run without --reuse")
-                    if phase == "customers":  # customer ids, and per-customer expansions on SQLite
-                        ld.exec("DROP TABLE IF EXISTS bench_nums")
-                        if d.pg:
-                            ld.exec("CREATE TABLE bench_nums AS SELECT generate_series(1, :m) AS i", {"m": max(customers, 1000)})
-                            ld.exec("ALTER TABLE bench_nums ADD PRIMARY KEY (i)")
-                        else:
-                            ld.exec("CREATE TABLE bench_nums (i INTEGER PRIMARY KEY)")
-                            ld.exec("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :m) INSERT INTO bench_nums SELECT i FROM s",
-                                    {"m": max(customers, 1000)})
-                    indexes = ld.secondary_indexes(table)
-                    for name, _ in indexes:  # build the indexes once after the load, not row by row
-                        ld.exec(f'DROP INDEX "{name}"')
-                    ld.exec(phase_sql(d, phase), params)
-                    for _, create in indexes:
-                        ld.exec(create)
+                    if phase == "customers":
+                        ld.numbers(max(customers, 1000))
+                    ld.load(table, [phase_sql(d, phase)], params, "run without --reuse")
                     rows = int(ld.scalar(f"SELECT count(*) FROM {table}"))
             seconds = time.perf_counter() - started
-            with ld.atomic():
-                ld.exec(
-                    "INSERT INTO analytics_bench_seed (phase, spec, row_count, seconds, done_at) VALUES (:p, :s, :r, :sec, :at)",
-                    {"p": phase, "s": spec, "r": rows, "sec": seconds, "at": dt.datetime.now().isoformat(timespec="seconds")},
-                )
-            out[phase] = {"rows": rows, "seconds": round(seconds, 1), "skipped": False}
-            print(f"  seeded {phase}: {rows:,} rows in {seconds:.1f} s", flush=True)
+            out[phase] = ld.mark_done("analytics_bench_seed", phase, spec, rows, seconds)
     finally:
         ld.close()
     return out

@@ -300,6 +300,60 @@ class Loader:
         else:
             self.db.close()
 
+    # resumable seeding: one marker row per finished phase, in a marker table of the bench's own
+
+    def create_markers(self, marker: str) -> None:
+        with self.atomic():
+            self.exec(
+                f"CREATE TABLE IF NOT EXISTS {marker} (phase VARCHAR(32) PRIMARY KEY, spec TEXT NOT NULL, "
+                "row_count BIGINT NOT NULL, seconds FLOAT NOT NULL, done_at VARCHAR(32) NOT NULL)"
+            )
+
+    def phase_done(self, marker: str, phase: str, spec: str, hint: str) -> dict[str, Any] | None:
+        """The earlier run of ``phase`` ({rows, seconds, skipped}) or None; a database seeded
+        with another spec is refused (``hint`` says what to pass instead)."""
+        with self.atomic():
+            done = self.scalar(f"SELECT spec FROM {marker} WHERE phase = :p", {"p": phase})
+            if done is None:
+                return None
+            if done != spec:
+                raise SystemExit(f"this database was seeded with {done}, not {spec}: {hint}")
+            rows = self.scalar(f"SELECT row_count FROM {marker} WHERE phase = :p", {"p": phase})
+            secs = self.scalar(f"SELECT seconds FROM {marker} WHERE phase = :p", {"p": phase})
+        return {"rows": int(rows), "seconds": round(float(secs), 1), "skipped": True}
+
+    def mark_done(self, marker: str, phase: str, spec: str, rows: int, seconds: float) -> dict[str, Any]:
+        with self.atomic():
+            self.exec(
+                f"INSERT INTO {marker} (phase, spec, row_count, seconds, done_at) VALUES (:p, :s, :r, :sec, :at)",
+                {"p": phase, "s": spec, "r": rows, "sec": seconds, "at": dt.datetime.now().isoformat(timespec="seconds")},
+            )
+        print(f"  seeded {phase}: {rows:,} rows in {seconds:.1f} s", flush=True)
+        return {"rows": rows, "seconds": round(seconds, 1), "skipped": False}
+
+    def numbers(self, n: int) -> None:
+        """``bench_nums(i)`` holding 1..n: customer ids, and per-customer expansions on SQLite."""
+        self.exec("DROP TABLE IF EXISTS bench_nums")
+        if self.pg:
+            self.exec("CREATE TABLE bench_nums AS SELECT generate_series(1, :m) AS i", {"m": n})
+            self.exec("ALTER TABLE bench_nums ADD PRIMARY KEY (i)")
+        else:
+            self.exec("CREATE TABLE bench_nums (i INTEGER PRIMARY KEY)")
+            self.exec("WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :m) INSERT INTO bench_nums SELECT i FROM s", {"m": n})
+
+    def load(self, table: str, statements: Sequence[str], params: dict[str, Any], hint: str) -> None:
+        """Run ``statements`` filling the empty ``table``, its secondary indexes built once after
+        the load, not row by row (the caller holds the transaction)."""
+        if self.scalar(f"SELECT count(*) FROM {table}"):
+            raise SystemExit(f"{table} has rows but no seeding marker: {hint}")
+        indexes = self.secondary_indexes(table)
+        for name, _ in indexes:
+            self.exec(f'DROP INDEX "{name}"')
+        for sql in statements:
+            self.exec(sql, params)
+        for _, create in indexes:
+            self.exec(create)
+
 
 PHASES = ("staff", "customers", "products", "consent", "interactions", "transactions", "holdings")
 PHASE_TABLE = {"customers": "e_customer", "products": "e_product", "consent": "e_consent", "interactions": "e_interaction",
@@ -319,23 +373,11 @@ def seed(rt: Runtime, customers: int, tpc: float) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     try:
-        with ld.atomic():
-            ld.exec(
-                "CREATE TABLE IF NOT EXISTS trigger_bench_seed (phase VARCHAR(32) PRIMARY KEY, spec TEXT NOT NULL, "
-                "row_count BIGINT NOT NULL, seconds FLOAT NOT NULL, done_at VARCHAR(32) NOT NULL)"
-            )
+        ld.create_markers("trigger_bench_seed")
         for phase in PHASES:
-            with ld.atomic():
-                done = ld.scalar("SELECT spec FROM trigger_bench_seed WHERE phase = :p", {"p": phase})
-            if done is not None:
-                if done != spec:
-                    raise SystemExit(f"this database was seeded with {done}, not {spec}: pass --reset (or another --database-url)")
-                with ld.atomic():
-                    rows, secs = (
-                        ld.scalar("SELECT row_count FROM trigger_bench_seed WHERE phase = :p", {"p": phase}),
-                        ld.scalar("SELECT seconds FROM trigger_bench_seed WHERE phase = :p", {"p": phase}),
-                    )
-                out[phase] = {"rows": int(rows), "seconds": round(float(secs), 1), "skipped": True}
+            earlier = ld.phase_done("trigger_bench_seed", phase, spec, "pass --reset (or another --database-url)")
+            if earlier is not None:
+                out[phase] = earlier
                 continue
             started = time.perf_counter()
             table = PHASE_TABLE[phase]
@@ -357,35 +399,13 @@ def seed(rt: Runtime, customers: int, tpc: float) -> dict[str, Any]:
                     conn.execute(insert(rt.snapshot().tables["product"]), rows_)
             else:
                 with ld.atomic():
-                    if ld.scalar(f"SELECT count(*) FROM {table}"):
-                        raise SystemExit(f"{table} has rows but no seeding marker: pass --reset")
-                    if phase == "customers":  # a numbers table: customer ids, and per-customer expansions on SQLite
-                        ld.exec("DROP TABLE IF EXISTS bench_nums")
-                        if d.pg:
-                            ld.exec("CREATE TABLE bench_nums AS SELECT generate_series(1, :m) AS i", {"m": max(customers, 1000)})
-                            ld.exec("ALTER TABLE bench_nums ADD PRIMARY KEY (i)")
-                        else:
-                            ld.exec("CREATE TABLE bench_nums (i INTEGER PRIMARY KEY)")
-                            ld.exec(
-                                "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :m) INSERT INTO bench_nums SELECT i FROM s",
-                                {"m": max(customers, 1000)},
-                            )
-                    indexes = ld.secondary_indexes(table)
-                    for name, _ in indexes:  # build the indexes once after the load, not row by row
-                        ld.exec(f'DROP INDEX "{name}"')
-                    for sql in phase_sql(d, phase):
-                        ld.exec(sql, params)
-                    for _, create in indexes:
-                        ld.exec(create)
+                    if phase == "customers":
+                        ld.numbers(max(customers, 1000))
+                    ld.load(table, phase_sql(d, phase), params, "pass --reset")
             seconds = time.perf_counter() - started
             with ld.atomic():
                 rows = int(ld.scalar(f"SELECT count(*) FROM {table}"))
-                ld.exec(
-                    "INSERT INTO trigger_bench_seed (phase, spec, row_count, seconds, done_at) VALUES (:p, :s, :r, :sec, :at)",
-                    {"p": phase, "s": spec, "r": rows, "sec": seconds, "at": dt.datetime.now().isoformat(timespec="seconds")},
-                )
-            out[phase] = {"rows": rows, "seconds": round(seconds, 1), "skipped": False}
-            print(f"  seeded {phase}: {rows:,} rows in {seconds:.1f} s", flush=True)
+            out[phase] = ld.mark_done("trigger_bench_seed", phase, spec, rows, seconds)
         with ld.atomic():
             analyzed = ld.scalar("SELECT seconds FROM trigger_bench_seed WHERE phase = 'analyze'")
         if analyzed is not None:
