@@ -606,6 +606,16 @@ class InterfaceService:
 
     # reading ------------------------------------------------------------
 
+    def _newest_first(self, stmt: Any, id_col: Any, before: int | None, limit: int, item: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """One page of ``stmt`` newest first: ``{"items", "next_before"}`` (the id to pass as
+        ``before`` for the next page, None on the last)."""
+        if before is not None:
+            stmt = stmt.where(id_col < before)
+        limit = _limit(limit)
+        with self.runtime.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(id_col.desc()).limit(limit + 1)).all()
+        return {"items": [item(r) for r in rows[:limit]], "next_before": rows[limit - 1].id if len(rows) > limit else None}
+
     @staticmethod
     def _call_item(r: Any) -> dict[str, Any]:
         return {
@@ -637,12 +647,7 @@ class InterfaceService:
             stmt = stmt.where(c.c.kind == kind)
         if dead_letter is not None:
             stmt = stmt.where(c.c.dead_letter_id == dead_letter)
-        if before is not None:
-            stmt = stmt.where(c.c.id < before)
-        limit = _limit(limit)
-        with self.runtime.engine.connect() as conn:
-            rows = conn.execute(stmt.order_by(c.c.id.desc()).limit(limit + 1)).all()
-        return {"items": [self._call_item(r) for r in rows[:limit]], "next_before": rows[limit - 1].id if len(rows) > limit else None}
+        return self._newest_first(stmt, c.c.id, before, limit, self._call_item)
 
     @staticmethod
     def _letter_item(r: Any) -> dict[str, Any]:
@@ -662,12 +667,7 @@ class InterfaceService:
             stmt = stmt.where(d.c.status == status)
         if target:
             stmt = stmt.where(d.c.target == target[:64])
-        if before is not None:
-            stmt = stmt.where(d.c.id < before)
-        limit = _limit(limit)
-        with self.runtime.engine.connect() as conn:
-            rows = conn.execute(stmt.order_by(d.c.id.desc()).limit(limit + 1)).all()
-        return {"items": [self._letter_item(r) for r in rows[:limit]], "next_before": rows[limit - 1].id if len(rows) > limit else None}
+        return self._newest_first(stmt, d.c.id, before, limit, self._letter_item)
 
     def dead_letter(self, principal: Principal, letter_id: int) -> dict[str, Any]:
         self.authz.require(principal, INTERFACES_AREA, "read")
