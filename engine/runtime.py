@@ -54,7 +54,7 @@ from .store.ids import IdAllocator
 from .store.migrate import apply_migration, plan_migration
 from .store.tables import build_entity_tables, meta_doc_table, package_table, state_table, system_metadata
 
-__all__ = ["Runtime", "Snapshot", "StaleStamps", "ReadRoute", "Replica", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
+__all__ = ["Runtime", "Snapshot", "newest_documents", "StaleStamps", "ReadRoute", "Replica", "make_engine", "META_VERSION", "POLICY_VERSION", "utcnow"]
 
 log = logging.getLogger("fincrm.replica")
 
@@ -420,15 +420,7 @@ class Runtime:
     def runtime_documents(self, conn: Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         """Newest version of each runtime document: (entity docs, entity overlays, flows,
         triggers and reports)."""
-        d = meta_doc_table
-        newest = (
-            select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name).subquery()
-        )
-        rows = conn.execute(
-            select(d.c.kind, d.c.doc)
-            .join(newest, (d.c.kind == newest.c.kind) & (d.c.name == newest.c.name) & (d.c.version == newest.c.v))
-            .order_by(d.c.id)
-        ).all()
+        rows = newest_documents(conn)
         entities = [dict(r.doc) for r in rows if r.kind == "entity"]
         overlays = [dict(r.doc) for r in rows if r.kind == "entity_overlay"]
         automation = [dict(r.doc) for r in rows if r.kind in _DERIVED_KINDS]
@@ -553,6 +545,18 @@ class Runtime:
     def dispose(self) -> None:
         for engine in self.engines():
             engine.dispose()
+
+
+def newest_documents(conn: Connection, kinds: tuple[str, ...] | None = None) -> list[Any]:
+    """The newest version of each runtime metadata document (of ``kinds``, or all), as rows
+    ``(kind, name, doc)`` in the order they were first written."""
+    d = meta_doc_table
+    newest = select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name)
+    if kinds is not None:
+        newest = newest.where(d.c.kind.in_(kinds))
+    sub = newest.subquery()
+    stmt = select(d.c.kind, d.c.name, d.c.doc).join(sub, (d.c.kind == sub.c.kind) & (d.c.name == sub.c.name) & (d.c.version == sub.c.v))
+    return list(conn.execute(stmt.order_by(d.c.id)).all())
 
 
 def data_dir_key_file(data_dir: Path) -> Path:

@@ -40,12 +40,12 @@ from ..meta.packages import (
     shipped_packages,
 )
 from ..meta.schema import pointer
-from ..runtime import META_VERSION, Runtime, Snapshot, utcnow
+from ..runtime import META_VERSION, Runtime, Snapshot, newest_documents, utcnow
 from ..security import audit
 from ..security.policy import AREAS, CasbinAuthorizer, check_roles, compile_policies
 from ..security.principal import Principal
 from ..store.migrate import apply_migration, plan_migration
-from ..store.tables import meta_doc_table, package_table
+from ..store.tables import package_table
 from .roles import RoleService
 
 if TYPE_CHECKING:
@@ -108,15 +108,9 @@ class PackageService:
         self.authz.require(principal, AREA, "configure")
         snap = self.runtime.cached_snapshot()
         current = next((p for p in snap.packages if p["name"] == name), None)
-        d = meta_doc_table
         with self.runtime.engine.connect() as conn:
-            newest = select(d.c.kind, d.c.name, func.max(d.c.version).label("v")).group_by(d.c.kind, d.c.name).subquery()
-            rows = conn.execute(
-                select(d.c.kind, d.c.doc).join(newest, (d.c.kind == newest.c.kind) & (d.c.name == newest.c.name) & (d.c.version == newest.c.v))
-            ).all()
-        runtime_docs = sorted(
-            (dict(r.doc) for r in rows if r.kind in _EXPORT_ORDER), key=lambda doc: (_EXPORT_ORDER.index(doc["kind"]), doc["name"])
-        )
+            rows = newest_documents(conn, _EXPORT_ORDER)
+        runtime_docs = sorted((dict(r.doc) for r in rows), key=lambda doc: (_EXPORT_ORDER.index(doc["kind"]), doc["name"]))
         documents = [copy.deepcopy(dict(x)) for x in (current or {}).get("documents", ())] + runtime_docs
         if version is None:
             version = _next_patch(str(current["version"])) if current else "1.0.0"

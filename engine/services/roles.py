@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, select
 from ..errors import BadRequest, MetadataInvalid, NotFound
 from ..meta.packages import documents_of
 from ..meta.schema import schema_errors
-from ..runtime import Runtime, utcnow
+from ..runtime import Runtime, newest_documents, utcnow
 from ..security import audit
 from ..security.policy import CasbinAuthorizer, load_core_roles
 from ..security.principal import Principal
@@ -37,12 +37,8 @@ class RoleService:
         candidate set being published), replaced by the newest runtime version of each role."""
         if packages is None:
             packages = self.runtime.cached_snapshot().packages
-        d = meta_doc_table
         with self.runtime.engine.connect() as conn:
-            newest = select(d.c.name, func.max(d.c.version).label("v")).where(d.c.kind == "role").group_by(d.c.name).subquery()
-            rows = conn.execute(
-                select(d.c.name, d.c.doc).join(newest, (d.c.name == newest.c.name) & (d.c.version == newest.c.v)).where(d.c.kind == "role")
-            ).all()
+            rows = newest_documents(conn, ("role",))
         docs = {doc["name"]: copy.deepcopy(doc) for doc in self.core}
         for doc in documents_of(packages, ("role",)):
             base = docs.get(doc["name"])
