@@ -363,3 +363,33 @@ def test_references_by_name_and_owners_by_username(app: Any, client: Any, login:
         rm1 = int(app.appbuilder.sm.find_user(username="rm1").id)
     bj = [b for b in client.get("/api/v1/records/branch", headers=admin).get_json()["items"] if b["code"] == "BJ"][0]
     assert len(stored) == 1 and stored[0]["owner"] == rm1 and stored[0]["branch"] == bj["id"]
+
+
+def test_rows_a_rule_rejects_after_the_write_are_reported_and_the_rest_decrypt(app: Any, client: Any, login: Any) -> None:
+    """The batch is written, the cross-field rules reject one row, the batch is redone without
+    it: the others keep the ids their ciphertexts were sealed with, so they still decrypt."""
+    admin = login("admin")
+    people = _people(6, seed=93)
+    minor_birth = dt.date.today() - dt.timedelta(days=3000)
+    people[2] = {**people[2], "birth": minor_birth, "id": make_id_number(random.Random(5), minor_birth, True)}
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in people])))
+    assert job["status"] == "done" and job["counts"]["inserted"] == 5 and job["counts"]["errors"] == 1, job
+    (error,) = _errors(client, admin, job)
+    assert error[0] == "4" and "学生" in error[-1], error
+    stored = {c["name"]: c for c in _clear(app)}
+    for i, p in enumerate(people):
+        if i == 2:
+            assert p["name"] not in stored
+            continue
+        assert stored[p["name"]]["id_number"] == p["id"]  # decrypts: sealed with the id it was stored under
+
+
+def test_cells_equal_as_numbers_but_of_other_types_are_not_confused() -> None:
+    """The per-column memo tells 1, 1.0 and True apart (they hash alike)."""
+    from engine.io.importer import _Column, _parse_batch
+    from engine.meta.registry import freeze_field
+
+    f = freeze_field({"name": "n", "type": "integer", "label": {"zh": "数", "en": "N"}})
+    rows = _parse_batch([_Column(0, "N", f)], {}, [(2, [1]), (3, [True]), (4, [1.0]), (5, ["1"])], {})
+    assert [r.values.get("n") for r in rows] == [1, None, 1, 1]
+    assert [bool(r.errors) for r in rows] == [False, True, False, False]

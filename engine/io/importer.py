@@ -231,7 +231,7 @@ class _Plan:
     ref_titles: dict[tuple[str, str], int | None] = field(default_factory=dict)
     defaults: dict[str, Any] = field(default_factory=dict)  # normalised field defaults, once per run
     headers: dict[str, str] = field(default_factory=dict)  # field name → its column's header
-    memo: dict[int, dict[Any, Any]] = field(default_factory=dict)  # see _parse_row
+    memo: dict[int, dict[Any, Any]] = field(default_factory=dict)  # see _parse_batch
 
 
 @dataclass
@@ -243,6 +243,7 @@ class _Row:
     target: int | None = None  # existing record to update; -1 skipped; a new id once inserted
     inserted: bool = False
     merged: bool = False  # a later duplicate's cells were merged into this row
+    record: dict[str, Any] | None = None  # a new row's stored values (encrypted, with its id), once built
     errors: list[tuple[str | None, Any, str]] = field(default_factory=list)  # (header, raw, message)
 
 
@@ -619,14 +620,21 @@ class Importer:
         progress: Callable[[int, int | None], None] | None,
         total: int,
     ) -> None:
-        """Prepare batch k+1 in this thread while a writer thread commits batch k.
+        """Prepare batch k+1 in this thread while a writer thread commits batch k (PostgreSQL).
 
-        The database does its share of the work (COPY, index maintenance, commit) while Python
-        parses and validates the next rows: the driver releases the GIL while it waits. One
-        batch is in flight at a time, so commits stay in file order and a crash loses at most
-        the batch being written (whole, by its transaction)."""
+        The database server does its share of the work (COPY, index maintenance, commit) while
+        Python parses, validates, encrypts and builds the next rows: the writer thread does
+        nothing but database calls, which release the GIL while they wait. One batch is in
+        flight at a time, so commits stay in file order and a crash loses at most the batch
+        being written (whole, by its transaction). SQLite runs inside this process, so there
+        is nothing to overlap: its batches are written in turn, in this thread."""
         inbox: queue.Queue[tuple[list[_Row], int] | None] = queue.Queue(maxsize=1)
         failure: list[BaseException] = []
+
+        def write(rows: list[_Row], raw_count: int) -> None:
+            self._commit(plan, job, options, rows, raw_count, state, outer)
+            if progress:
+                progress(state.rows_done, total)
 
         def writer() -> None:
             while True:
@@ -636,9 +644,7 @@ class Importer:
                 if failure:
                     continue  # drain: the first failure stops the run
                 try:
-                    self._commit(plan, job, options, item[0], item[1], state, outer)
-                    if progress:
-                        progress(state.rows_done, total)
+                    write(*item)
                 except BaseException as exc:  # handed to the main thread, re-raised there
                     failure.append(exc)
 
@@ -654,15 +660,24 @@ class Importer:
         # for the run measured 5,200 → 7,400 rows/s on PostgreSQL (bench/import_bench.py).
         interval = sys.getswitchinterval()
         sys.setswitchinterval(min(interval, 0.0001))
-        thread.start()
+        # SQLite works in this process, releasing the GIL for every row it inserts: from a second
+        # thread each row would wait for the GIL, so its batches are written in this thread.
+        threaded = self.runtime.dialect == "postgresql"
+        if threaded:
+            thread.start()
         try:
             for raw, rows in self._parsed(plan, batches, pool, workers):
                 if failure:
                     break
-                inbox.put((self._prepare(plan, options, rows, state), len(raw)))
+                prepared = self._prepare(plan, options, rows, state, _early(options, outer))
+                if threaded:
+                    inbox.put((prepared, len(raw)))
+                else:
+                    write(prepared, len(raw))
         finally:
-            inbox.put(None)
-            thread.join()
+            if threaded:
+                inbox.put(None)
+                thread.join()
             sys.setswitchinterval(interval)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -675,7 +690,7 @@ class Importer:
         """(raw batch, parsed rows) in file order; with a pool, a few batches parse ahead."""
         if pool is None:
             for raw in batches:
-                yield raw, [self._parse(plan, number, cells) for number, cells in raw]
+                yield raw, _parse_batch(plan.columns, plan.users, raw, plan.memo)
             return
         ahead: collections.deque[tuple[list[tuple[int, list[Any]]], Future[list[_Row]]]] = collections.deque()
         for raw in batches:
@@ -687,8 +702,10 @@ class Importer:
             first, fut = ahead.popleft()
             yield first, fut.result()
 
-    def _prepare(self, plan: _Plan, options: ImportOptions, rows: list[_Row], state: "_State") -> list[_Row]:
-        """Everything about a parsed batch that needs no write: references, matches, conflicts."""
+    def _prepare(self, plan: _Plan, options: ImportOptions, rows: list[_Row], state: "_State", early: bool = False) -> list[_Row]:
+        """Everything about a parsed batch that needs no write: references, matches, conflicts;
+        ``early``: also the new rows' stored values, with ids reserved now (not in the write
+        transaction: a batch the database refuses keeps them for its retry)."""
         self._resolve_titles(plan, rows)
         self._match(plan, options, [r for r in rows if not r.errors], state.seen)
         for row in rows:
@@ -699,11 +716,35 @@ class Importer:
             if row.target is None and not row.errors:  # new records get defaults; required fields must be there
                 self._complete(plan, row)
         self._unique_conflicts(plan, [r for r in rows if not r.errors and r.target != -1])
+        if early:
+            new = [r for r in rows if not r.errors and r.target is None]
+            self._build(plan, new, self.runtime.ids.take(plan.view.spec.name, len(new)))
         return rows
+
+    def _build(self, plan: _Plan, rows: list[_Row], ids: list[int]) -> None:
+        """New rows' stored values: encrypted (the id is in the associated data), blind-indexed,
+        stamped. Done where the rows are prepared, not by the thread holding the transaction: the
+        cipher releases the GIL on every call, and a thread taking it back from a busy parser
+        waits up to the switch interval each time."""
+        v = plan.view
+        now = utcnow()
+        user = v.principal.user_id
+        # the key's blind index was computed to match the row; an empty ``ext`` is one shared
+        # object, so the insert serialises it once per batch (see ``_bound``)
+        known = plan.key.name if plan.key is not None and plan.key.encrypted else None
+        empty: dict[str, Any] = {}
+        stamps = {"version": 1, "created_at": now, "updated_at": now, "created_by": user, "updated_by": user}
+        for rid, row in zip(ids, rows):
+            values = self.records._row_values(v, rid, row.values, None, {known: row.key} if known and row.key else None)
+            if not values.get("ext", True):
+                values["ext"] = empty
+            values.update(stamps, id=rid)
+            row.record = values
 
     def _commit(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], raw_count: int, state: "_State", outer: Connection | None) -> None:
         """Write a prepared batch in one transaction (a savepoint of ``outer``) with its errors
         and the job's progress; rows the post-write checks reject are dropped and it is redone."""
+        early = _early(options, outer)
         while True:
             todo = [r for r in rows if not r.errors and r.target != -1]
             written: dict[str, list[_Row]] = {"inserted": [], "updated": []}
@@ -727,15 +768,14 @@ class Importer:
                         row.target = None
                 for row in todo:
                     if row.number not in redo.bad and row.inserted:
-                        row.target, row.inserted = None, False  # its id was given back with the rollback
+                        row.target, row.inserted = None, False  # inserted again by the retry
+                        if not early:
+                            row.record = None  # its id was given back with the rollback
                 continue
             except _DryRun:
                 with self.runtime.begin() as conn:
                     self._progress(conn, job.id, rows, state, written, raw_count, plan)
             return
-
-    def _parse(self, plan: _Plan, number: int, cells: list[Any]) -> _Row:
-        return _parse_row(plan.columns, plan.users, number, cells, plan.memo)
 
     def _resolve_titles(self, plan: _Plan, rows: list[_Row]) -> None:
         """Reference cells given as titles (e.g. a branch name) become ids, within the writer's
@@ -913,13 +953,14 @@ class Importer:
         self._check_refs(conn, plan, rows)
         principal = v.principal
         now = utcnow()
-        ids = self.runtime.ids.take_in(conn, v.spec.name, len(new))
+        unbuilt = [r for r in new if r.record is None]
+        if unbuilt:  # ids through this transaction: a rollback gives them back
+            self._build(plan, unbuilt, self.runtime.ids.take_in(conn, v.spec.name, len(unbuilt)))
         records = []
-        for rid, row in zip(ids, new):
-            values = self.records._row_values(v, rid, row.values, None)
-            values.update(id=rid, version=1, created_at=now, updated_at=now, created_by=principal.user_id, updated_by=principal.user_id)
-            records.append(values)
-            row.target, row.inserted = rid, True
+        for row in new:
+            assert row.record is not None
+            records.append(row.record)
+            row.target, row.inserted = row.record["id"], True
         if records:
             self._insert(conn, t, records)
         changes: list[tuple[int, int, dict[str, Any]]] = []
@@ -983,23 +1024,26 @@ class Importer:
         dialect = conn.dialect
         compiled = insert(t).compile(dialect=dialect, column_keys=names)
         order = list(compiled.positiontup or names)
-        procs = [(n, t.c[n].type.dialect_impl(dialect).bind_processor(dialect)) for n in order]
-        params = [tuple(p(r.get(n)) if p is not None else r.get(n) for n, p in procs) for r in records]
-        conn.exec_driver_sql(str(compiled), params)
+        columns = [_bound(t.c[n].type.dialect_impl(dialect).bind_processor(dialect), [r.get(n) for r in records]) for n in order]
+        conn.exec_driver_sql(str(compiled), list(zip(*columns)))
 
     @staticmethod
     def _copy(conn: Connection, t: Table, names: list[str], records: list[dict[str, Any]]) -> None:
         """Stream the rows into ``COPY … FROM STDIN`` on the transaction's own connection."""
         from psycopg import sql
-        from psycopg.types.json import Jsonb
 
         json_cols = {c.name for c in t.columns if c.type is JsonDoc or isinstance(c.type, type(JsonDoc))}
         raw: Any = conn.connection.dbapi_connection
         assert raw is not None
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(t.name), sql.SQL(", ").join(sql.Identifier(n) for n in names))
+
+        def jsonb(value: Any) -> Any:  # JSON text: COPY parses it with the column's own input function
+            return None if value is None else json.dumps(value, separators=(",", ":"))
+
+        columns = [_bound(jsonb if n in json_cols else None, [r.get(n) for r in records]) for n in names]
         with raw.cursor() as cur, cur.copy(stmt) as copy:
-            for r in records:
-                copy.write_row([Jsonb(r.get(n)) if n in json_cols and r.get(n) is not None else r.get(n) for n in names])
+            for values in zip(*columns):
+                copy.write_row(values)
 
     def _post_check(self, conn: Connection, plan: _Plan, new: list[_Row], old: list[_Row]) -> None:
         """Rows the writer may not hold, and rows breaking the entity's rules: ``_Redo``."""
@@ -1092,44 +1136,70 @@ class Importer:
 _MEMO_SIZE = 4096  # distinct cells remembered per column
 
 
-def _parse_row(columns: list[_Column], users: dict[str, int], number: int, cells: list[Any], memo: dict[int, dict[Any, Any]] | None = None) -> _Row:
-    """One file row → coerced cells and their validated values (the field types' own
-    ``normalize``, as the API's writes use; access was checked once for the whole file).
+def _cell_converter(col: _Column, users: dict[str, int]) -> Callable[[Any], tuple[Any, Any, tuple[tuple[str | None, Any, str], ...]]]:
+    """A cell of this column → (coerced value, validated value, errors), ``_NOTHING`` for what
+    could not be made: the
+    field type's own ``normalize``, as the API's writes use (access was checked once for the
+    whole file). A pure function of the cell for the whole run."""
+    f = col.field
+    header = col.header
 
-    ``memo`` remembers, per column, what a cell turned into (value, normalised value, errors):
-    a file repeats its branch, gender, stage, occupation and date cells thousands of times, and
-    both steps are pure functions of the cell for the whole run."""
-    row = _Row(number, {})
-    for col in columns:
-        f = col.field
-        cell = cells[col.index] if col.index < len(cells) else None
-        seen = memo.setdefault(col.index, {}) if memo is not None and f is not None and isinstance(cell, (str, int, float)) else None
-        if seen is not None and f is not None:
-            hit = seen.get(cell)
-            if hit is not None:
-                value, out, errors = hit
-                row.cells[f.name] = value
-                if out is not _NOTHING:
-                    row.values[f.name] = list(out) if isinstance(out, list) else out
-                row.errors += errors
-                continue
-        before = len(row.errors)
+    def convert(cell: Any) -> tuple[Any, Any, tuple[tuple[str | None, Any, str], ...]]:
         try:
             value = _coerce(f, cell, users)
         except FieldError as exc:
-            row.errors.append((col.header, _shown(f, cell), str(exc)))
-            if seen is not None and len(seen) < _MEMO_SIZE:
-                seen[cell] = (None, _NOTHING, tuple(row.errors[before:]))
-            continue
-        if f is None:
-            row.cells["id"] = value
-            continue
-        row.cells[f.name] = value
-        if value is not None and not isinstance(value, _Title):
-            _normalize(row, col, f, value)
-        if seen is not None and len(seen) < _MEMO_SIZE and not isinstance(value, _Title):
-            seen[cell] = (value, row.values.get(f.name, _NOTHING), tuple(row.errors[before:]))
-    return row
+            return _NOTHING, _NOTHING, ((header, _shown(f, cell), str(exc)),)
+        if f is None or value is None or isinstance(value, _Title):
+            return value, _NOTHING, ()
+        try:
+            out = FIELD_TYPES[f.type].normalize(value, f)
+        except FieldError as exc:
+            return value, _NOTHING, ((header, _shown(f, value), str(exc)),)
+        if out is None and f.required:
+            return value, out, ((header, None, "is required"),)
+        return value, out, ()
+
+    return convert
+
+
+def _parse_batch(
+    columns: list[_Column], users: dict[str, int], raw: list[tuple[int, list[Any]]], memo: dict[int, dict[Any, Any]] | None = None
+) -> list[_Row]:
+    """File rows → coerced cells and their validated values, a column at a time.
+
+    ``memo`` remembers, per column, what a cell turned into: a file repeats its branch, gender,
+    stage, occupation and date cells thousands of times. Column by column, the converter and
+    its memo are looked up once per batch instead of once per cell."""
+    rows = [_Row(number, {}) for number, _ in raw]
+    for col in columns:
+        f = col.field
+        name = f.name if f is not None else "id"
+        convert = _cell_converter(col, users)
+        seen: dict[Any, Any] | None = memo.setdefault(col.index, {}) if memo is not None and f is not None else None
+        copy = f is not None and f.type == "multi_enum"  # a list value must not be shared by rows
+        i = col.index
+        for row, (_, cells) in zip(rows, raw):
+            cell = cells[i] if i < len(cells) else None
+            if seen is None:
+                value, out, errors = convert(cell)
+            else:
+                key = cell if type(cell) is str else (type(cell), cell)  # 1, 1.0 and True hash alike
+                try:
+                    hit, remember = seen.get(key), True
+                except TypeError:  # unhashable: no reader gives such cells, but never fail on one
+                    hit, remember = None, False
+                if hit is None:
+                    hit = convert(cell)
+                    if remember and len(seen) < _MEMO_SIZE:
+                        seen[key] = hit
+                value, out, errors = hit
+            if value is not _NOTHING:
+                row.cells[name] = value
+                if f is not None and out is not _NOTHING:
+                    row.values[name] = list(out) if copy and out is not None else out
+            if errors:
+                row.errors += errors
+    return rows
 
 
 _NOTHING = object()
@@ -1156,8 +1226,7 @@ def _worker_init(columns: list[_Column], users: dict[str, int]) -> None:
 
 def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
     columns, users = _WORKER["columns"], _WORKER["users"]
-    memo = _WORKER.setdefault("memo", {})
-    return [_parse_row(columns, users, number, cells, memo) for number, cells in raw]
+    return _parse_batch(columns, users, raw, _WORKER.setdefault("memo", {}))
 
 
 def parse_workers(total: int) -> int:
@@ -1189,6 +1258,29 @@ def _batches(rows: Iterator[tuple[int, list[Any]]], skip: int, size: int) -> Ite
             batch = []
     if batch:
         yield batch
+
+
+def _early(options: ImportOptions, outer: Connection | None) -> bool:
+    """Whether new rows are built (and their ids reserved) before their write transaction: not
+    in a dry run (which would use up ids) nor in a one-transaction run (whose connection is the
+    writer's alone)."""
+    return outer is None and not options.dry_run
+
+
+def _bound(process: Callable[[Any], Any] | None, values: list[Any]) -> list[Any]:
+    """A column's values through its bind processor, once per distinct object: a batch's
+    timestamps, creator and empty ``ext`` are the same object in every row."""
+    if process is None:
+        return values
+    done: dict[int, Any] = {}
+    out = []
+    for value in values:
+        key = id(value)
+        hit = done.get(key, _NOTHING)
+        if hit is _NOTHING:
+            hit = done[key] = process(value)
+        out.append(hit)
+    return out
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:

@@ -79,7 +79,7 @@ class Keyring:
 
     def blind_index(self, scope: str, normalized: str) -> str:
         """HMAC-SHA256 over the normalised value, scoped to ``entity.field``."""
-        return hmac.new(self._index_key, f"{scope}\x00{normalized}".encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._index_key, f"{scope}\x00{normalized}".encode(), "sha256").hex()  # OpenSSL one-shot
 
 
 def load_previous_keys(env_value: str | None, key_file: Path | None) -> list[bytes]:

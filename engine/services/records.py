@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import datetime as dt
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -596,8 +595,11 @@ class RecordService:
         if errors:
             raise DuplicateValue(f"{v.spec.name} would duplicate a unique value", errors)
 
-    def _row_values(self, v: _View, rid: int, values: Mapping[str, Any], ext: dict[str, Any] | None) -> dict[str, Any]:
-        """Column values (with encryption and blind indexes) and the merged ``ext`` document."""
+    def _row_values(
+        self, v: _View, rid: int, values: Mapping[str, Any], ext: dict[str, Any] | None, known_index: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Column values (with encryption and blind indexes) and the merged ``ext`` document.
+        ``known_index``: blind indexes already computed for these values, by field name."""
         row: dict[str, Any] = {}
         new_ext = dict(ext or {})
         ext_touched = False
@@ -611,7 +613,8 @@ class RecordService:
             if f.storage == "column":
                 row[f.name] = stored
                 if f.encrypted and f.searchable:
-                    row[f.blind_index_column] = None if value is None else self.blind_index_for(v.spec)(f, value)
+                    known = known_index.get(f.name) if known_index else None
+                    row[f.blind_index_column] = None if value is None else known or self.blind_index_for(v.spec)(f, value)
             else:
                 ext_touched = True
                 dumped = stored if f.encrypted else FIELD_TYPES[f.type].dump(value)
