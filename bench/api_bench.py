@@ -201,12 +201,15 @@ def http_json(url: str, token: str | None = None, method: str = "GET", body: Any
         return exc.code, json.load(exc), time.perf_counter() - t0
 
 
-def start_gunicorn(target: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_gunicorn(target: str, port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """gunicorn with 2 sync workers; its stderr (FinCRM's access log: one JSON line per request)
+    goes to ``log``, a file, as in production. A pipe nobody reads fills up and stops the workers."""
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen(
-        [str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen(
+            [str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--log-level", "warning", target],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=sink,
+        )
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -216,7 +219,7 @@ def start_gunicorn(target: str, port: int, env: dict[str, str]) -> subprocess.Po
         except OSError:
             time.sleep(0.3)
     proc.kill()
-    raise RuntimeError(f"{target} did not start: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+    raise RuntimeError(f"{target} did not start: {log.read_text(errors='replace')[-2000:]}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -329,7 +332,7 @@ def main() -> None:
     env = {**env_for(url, data_dir), "FINCRM_AUTO_INIT": "0"}
     results: dict[str, Any] = {"database": dialect, "customers": args.customers, "seed_seconds": seconds, "rounds": args.rounds}
     fin_port, bare_port = 8111, 8112
-    fin = start_gunicorn("app:create_app()", fin_port, env)
+    fin = start_gunicorn("app:create_app()", fin_port, env, data_dir / "fincrm.log")
     bare = None
     try:
         base = f"http://127.0.0.1:{fin_port}"
@@ -350,7 +353,7 @@ def main() -> None:
         }
         if dialect == "postgresql":
             bare_env = {**os.environ, "BARE_DSN": url.replace("postgresql+psycopg://", "postgresql://")}
-            bare = start_gunicorn("bench.bare_app:app", bare_port, bare_env)
+            bare = start_gunicorn("bench.bare_app:app", bare_port, bare_env, data_dir / "bare.log")
             bbase = f"http://127.0.0.1:{bare_port}"
             workloads["bare_get"] = (bbase, [f"/customers/{i}" for i in all_ids[:500]], [])
             workloads["bare_list"] = (bbase, [f"/customers?owner={o}" for o in rm_ids], [])

@@ -14,6 +14,8 @@ import re
 from typing import Any
 
 from flask import Flask, current_app, has_request_context, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask.wrappers import Request
 from flask_appbuilder.exceptions import PasswordComplexityValidationError
 from flask_appbuilder.security.sqla.manager import SecurityManager
 from flask_login import user_logged_in, user_logged_out
@@ -130,3 +132,14 @@ def install_session_hooks(app: Flask, db_session: Any) -> None:
             runtime = app.extensions["fincrm"].runtime
             with runtime.begin() as conn:
                 runtime.bump(conn, POLICY_VERSION)
+
+
+class CookielessSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without building the cookie signer for a request that
+    carries no session cookie (an API call with a bearer token): it gets the empty session
+    Flask would give it."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
