@@ -658,12 +658,12 @@ class Importer:
         # the busy parsing thread, which by default keeps it for up to 5 ms (the "convoy"
         # effect): a batch's dozen round trips would cost 50 µs a row. A 0.1 ms switch interval
         # for the run measured 5,200 → 7,400 rows/s on PostgreSQL (bench/import_bench.py).
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, 0.0001))
         # SQLite works in this process, releasing the GIL for every row it inserts: from a second
         # thread each row would wait for the GIL, so its batches are written in this thread.
         threaded = self.runtime.dialect == "postgresql"
+        interval = sys.getswitchinterval()
         if threaded:
+            sys.setswitchinterval(min(interval, 0.0001))
             thread.start()
         try:
             for raw, rows in self._parsed(plan, batches, pool, workers):
@@ -825,7 +825,10 @@ class Importer:
         for col in plan.columns:
             f = col.field
             if f is not None and row.cells.get(f.name) is not None:
-                _normalize(row, col, f, row.cells[f.name])
+                out, errors = _validated(col.header, f, row.cells[f.name])
+                if out is not _NOTHING:
+                    row.values[f.name] = out
+                row.errors += errors
 
     def _complete(self, plan: _Plan, row: _Row) -> None:
         """A new record's defaults and owner; required fields it lacks are errors (the cells
@@ -1138,9 +1141,8 @@ _MEMO_SIZE = 4096  # distinct cells remembered per column
 
 def _cell_converter(col: _Column, users: dict[str, int]) -> Callable[[Any], tuple[Any, Any, tuple[tuple[str | None, Any, str], ...]]]:
     """A cell of this column → (coerced value, validated value, errors), ``_NOTHING`` for what
-    could not be made: the
-    field type's own ``normalize``, as the API's writes use (access was checked once for the
-    whole file). A pure function of the cell for the whole run."""
+    could not be made (access was checked once for the whole file). A pure function of the
+    cell for the whole run."""
     f = col.field
     header = col.header
 
@@ -1151,13 +1153,7 @@ def _cell_converter(col: _Column, users: dict[str, int]) -> Callable[[Any], tupl
             return _NOTHING, _NOTHING, ((header, _shown(f, cell), str(exc)),)
         if f is None or value is None or isinstance(value, _Title):
             return value, _NOTHING, ()
-        try:
-            out = FIELD_TYPES[f.type].normalize(value, f)
-        except FieldError as exc:
-            return value, _NOTHING, ((header, _shown(f, value), str(exc)),)
-        if out is None and f.required:
-            return value, out, ((header, None, "is required"),)
-        return value, out, ()
+        return (value, *_validated(header, f, value))
 
     return convert
 
@@ -1205,15 +1201,16 @@ def _parse_batch(
 _NOTHING = object()
 
 
-def _normalize(row: _Row, col: _Column, f: FieldSpec, value: Any) -> None:
+def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[str | None, Any, str], ...]]:
+    """A coerced cell through the field type's own ``normalize`` (as the API's writes use):
+    (value or ``_NOTHING``, errors)."""
     try:
         out = FIELD_TYPES[f.type].normalize(value, f)
     except FieldError as exc:
-        row.errors.append((col.header, _shown(f, value), str(exc)))
-        return
+        return _NOTHING, ((header, _shown(f, value), str(exc)),)
     if out is None and f.required:
-        row.errors.append((col.header, None, "is required"))
-    row.values[f.name] = out
+        return out, ((header, None, "is required"),)
+    return out, ()
 
 
 # Parsing in worker processes: each gets the columns and users once, then batches of rows.
