@@ -35,8 +35,12 @@ from tests.api_helpers import Logins, assert_error, publish_vertical, shared_app
 from tests.conftest import TEST_PASSWORD
 
 SYSTEM = Principal.system("test")
-# the pass clock: an hour ahead, so the feed's quotes are newer than the demo's reference closes
+# the pass clock: an hour ahead, so the feed's quotes are newer than the demo's reference closes;
+# never in the last hour of a (UTC) day, where trigger cycles turn: the same-day steps below run
+# up to 40 minutes later and must stay in NOW's cycle (it failed when CI ran at 22:51 UTC)
 NOW = utcnow().replace(microsecond=0) + dt.timedelta(hours=1)
+if NOW.hour == 23:
+    NOW = NOW.replace(minute=0, second=0) + dt.timedelta(hours=1, minutes=5)
 STAFF = (
     ("adv1", ["relationship_manager", "investment_advisor"]),
     ("adv2", ["relationship_manager", "investment_advisor"]),
