@@ -60,6 +60,12 @@ LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DEC_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+_SEPARATORS = re.compile(r"[\s\-]")
+_MOBILE_PREFIX = re.compile(r"^(\+86|0086|86)(?=1\d{10}$)")
+_MOBILE_RE = re.compile(r"1[3-9][0-9]{9}", re.ASCII)
+_CN_ID_15 = re.compile(r"[0-9]{15}", re.ASCII)
+_CN_ID_18 = re.compile(r"[0-9]{17}[0-9X]", re.ASCII)
+_CARD_RE = re.compile(r"[0-9]{12,19}", re.ASCII)
 INT64 = 2**63 - 1
 
 COMPARE_OPS = frozenset({"eq", "ne", "lt", "lte", "gt", "gte", "in", "nin", "between", "is_null"})
@@ -73,7 +79,7 @@ def normalize_text(value: Any, *, multiline: bool = False, compat: bool = True) 
     letters to ASCII for structured values; free text keeps its Chinese punctuation (NFC)."""
     if not isinstance(value, str):
         raise FieldError("must be a string")
-    text = unicodedata.normalize("NFKC" if compat else "NFC", value)
+    text = value if value.isascii() else unicodedata.normalize("NFKC" if compat else "NFC", value)  # both fix ASCII
     text = text.strip() if not multiline else text.strip("\x00 ")
     if _CONTROL.search(text) or (not multiline and ("\n" in text or "\r" in text)):
         raise FieldError("contains control characters")
@@ -85,7 +91,8 @@ def _digits(value: Any, what: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     text = normalize_text(value)
-    text = re.sub(r"[\s\-]", "", text)
+    if not text.isdigit():  # digits only: no separator to drop
+        text = _SEPARATORS.sub("", text)
     if not text:
         raise FieldError(f"must be a {what}")
     return text
@@ -140,15 +147,18 @@ def _decimal(value: Any, f: FieldSpec) -> Decimal:
         raise FieldError("must be a decimal number")
     if d.adjusted() >= f.precision - f.scale:  # before quantize, which fails past the context's 28 digits
         raise FieldError(f"has more than {f.precision} digits")
-    exponent = d.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if -exponent > f.scale and d != d.quantize(Decimal(1).scaleb(-f.scale)):
+    q = d.quantize(_quantum(f.scale))
+    if q != d:  # exact unless digits past the scale were not zeros
         raise FieldError(f"has more than {f.scale} decimal places")
-    d = d.quantize(Decimal(1).scaleb(-f.scale))
-    if len(d.as_tuple().digits) > f.precision:
+    if q and q.adjusted() + f.scale + 1 > f.precision:  # its digits, as stored
         raise FieldError(f"has more than {f.precision} digits")
-    _bounds(d, f)
-    return d
+    _bounds(q, f)
+    return q
+
+
+@functools.lru_cache(maxsize=64)
+def _quantum(scale: int) -> Decimal:
+    return Decimal(1).scaleb(-scale)
 
 
 def _bounds(n: Any, f: FieldSpec) -> None:
@@ -255,9 +265,10 @@ def _email(value: Any, f: FieldSpec) -> str | None:
 def _cn_mobile(value: Any, f: FieldSpec) -> str:
     """A mainland China mobile number, stored as its 11 digits."""
     text = _digits(value, "mobile number")
-    text = re.sub(r"^(\+86|0086|86)(?=1\d{10}$)", "", text)
-    text = text.replace("(", "").replace(")", "")
-    if not re.fullmatch(r"1[3-9][0-9]{9}", text, re.ASCII):
+    if len(text) != 11 or text[0] != "1":
+        text = _MOBILE_PREFIX.sub("", text)
+        text = text.replace("(", "").replace(")", "")
+    if not _MOBILE_RE.fullmatch(text):
         raise FieldError("must be an 11-digit mainland mobile number")
     if not _mobile_range_assigned(text):
         raise FieldError("is not an assigned mainland mobile number range")
@@ -292,9 +303,9 @@ def _cn_id_from_15(text: str) -> str:
 def _cn_id(value: Any, f: FieldSpec) -> str:
     """A resident identity number (GB 11643): checksum and a real birth date; 15 digits upgraded."""
     text = _digits(value, "resident ID number").upper()
-    if re.fullmatch(r"[0-9]{15}", text, re.ASCII):
+    if len(text) == 15 and _CN_ID_15.fullmatch(text):
         text = _cn_id_from_15(text)
-    if not re.fullmatch(r"[0-9]{17}[0-9X]", text, re.ASCII):
+    if not _CN_ID_18.fullmatch(text):
         raise FieldError("must be an 18-character resident ID number")
     if ric.calc_check_digit(text) != text[-1]:
         raise FieldError("fails the GB 11643 check digit")
@@ -302,7 +313,7 @@ def _cn_id(value: Any, f: FieldSpec) -> str:
         born = dt.date(int(text[6:10]), int(text[10:12]), int(text[12:14]))
     except ValueError as exc:
         raise FieldError("does not hold a real birth date") from exc
-    if born > dt.date.today():
+    if _after_today(born):
         raise FieldError("has a birth date in the future")
     # A real ID keeps the code of the district that issued it, even when that district was
     # renamed or merged later; stdnum's birth-year check would reject such customers, so the
@@ -310,6 +321,16 @@ def _cn_id(value: Any, f: FieldSpec) -> str:
     if not _region_known(text[:6]):
         raise FieldError("does not start with a known administrative division code")
     return text
+
+
+_TODAY = [dt.date.min]  # a date that has been today: never after today, whatever the hour
+
+
+def _after_today(day: dt.date) -> bool:
+    if day <= _TODAY[0]:
+        return False
+    _TODAY[0] = dt.date.today()
+    return day > _TODAY[0]
 
 
 @functools.lru_cache(maxsize=16384)
@@ -320,7 +341,7 @@ def _region_known(code: str) -> bool:
 
 def _bank_card(value: Any, f: FieldSpec) -> str:
     text = _digits(value, "card number")
-    if not re.fullmatch(r"[0-9]{12,19}", text, re.ASCII):
+    if not _CARD_RE.fullmatch(text):
         raise FieldError("must be 12 to 19 digits")
     if not luhn.is_valid(text):
         raise FieldError("fails the card number check digit (Luhn)")

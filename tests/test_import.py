@@ -9,12 +9,25 @@ import random
 import time
 from typing import Any
 
+import pytest
 from openpyxl import Workbook
 
 from engine.demo import make_id_number, make_mobile
 from tests.api_helpers import app, assert_error, client, finished_import, login, shared_app  # noqa: F401  (module-wide app)
 
 HEADERS = ["姓名", "性别", "出生日期", "身份证号", "手机号", "职业", "资产规模(AUM)"]
+
+
+@pytest.fixture(params=["inline", "workers"], autouse=True)
+def import_mode(request: Any, monkeypatch: Any) -> str:
+    """Every test twice: rows built by the importing process, and by a worker process (forced
+    for these small files; a run that cannot use workers, such as an upsert, ignores them)."""
+    if request.param == "workers":
+        monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "1")
+        monkeypatch.setenv("FINCRM_IMPORT_WORKER_ROWS", "1")
+    else:
+        monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "0")
+    return str(request.param)
 
 
 def _people(n: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -283,8 +296,9 @@ def test_relationship_manager_cannot_reach_another_managers_customer_by_import(a
     assert client.get(f"/api/v1/import/jobs/{job['id']}", headers=admin).status_code == 200
 
 
+@pytest.mark.parametrize("import_mode", ["workers"], indirect=True)
 def test_fifty_thousand_rows(client: Any, login: Any, monkeypatch: Any) -> None:
-    monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "2")  # parsed by two worker processes
+    monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "2")  # built by two worker processes
     admin = login("admin")
     p = list({x["id"]: x for x in _people(50_100, seed=71)}.values())[:50_000]
     job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in p]), batch_size=5000))
@@ -393,3 +407,56 @@ def test_cells_equal_as_numbers_but_of_other_types_are_not_confused() -> None:
     rows = _parse_batch([_Column(0, "N", f)], {}, [(2, [1]), (3, [True]), (4, [1.0]), (5, ["1"])], {})
     assert [r.values.get("n") for r in rows] == [1, None, 1, 1]
     assert [bool(r.errors) for r in rows] == [False, True, False, False]
+
+
+@pytest.mark.parametrize("import_mode", ["inline"], indirect=True)
+def test_rows_a_worker_builds_are_stored_as_the_importing_process_builds_them(app: Any, client: Any, login: Any, monkeypatch: Any) -> None:
+    """One file — good rows, bad cells, a formula, a missing required cell, a repeated key, a key
+    already stored, a branch named by title, an owner by username — imported by the job's own
+    process and by a worker process: the same records (they decrypt), errors and preview."""
+    from engine.io.importer import Importer
+    from tests.api_helpers import wipe_records
+
+    admin = login("admin")
+    assert client.post("/api/v1/records/branch", headers=admin, json={"code": "BJ", "name": "北京分行"}).status_code == 201
+    p = _people(12, seed=101)
+    rows = [_row(x) + ["", "rm1"] for x in p]
+    rows[1][3] = rows[1][3][:-1] + ("0" if rows[1][3][-1] != "0" else "1")  # check digit
+    rows[2][4] = "=cmd|' /C calc'!A0"  # a formula
+    rows[3][0] = ""  # the required name
+    rows[4] = list(rows[0])  # the same ID number again
+    rows[5][7] = "北京分行"  # a branch by title: built by the importing process
+    rows[6][8] = "nobody"  # no such user
+    rows[7][6] = "12.345"  # too many decimals
+    stored_before = [_row(p[8])]  # already in the database: skipped
+    headers = HEADERS + ["所属机构", "客户经理"]
+    built: list[int] = []
+    original = Importer._built
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Importer, "_built", spy)
+    outcome = []
+    for workers in ("0", "1"):
+        wipe_records(app)
+        assert client.post("/api/v1/records/branch", headers=admin, json={"code": "BJ", "name": "北京分行"}).status_code in (201, 409)
+        monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "0")
+        finished_import(client, admin, _upload(client, admin, _csv(stored_before)))
+        monkeypatch.setenv("FINCRM_IMPORT_WORKERS", workers)
+        monkeypatch.setenv("FINCRM_IMPORT_WORKER_ROWS", "1")
+        job = finished_import(client, admin, _upload(client, admin, _csv(rows, headers=headers)))
+        assert job["status"] == "done", job
+        volatile = {"id", "created_at", "updated_at", "branch"}
+        records = sorted(({k: v for k, v in c.items() if k not in volatile} for c in _clear(app)), key=lambda c: c["name"])
+        preview = [{k: v for k, v in r.items() if k not in volatile} for r in job["preview"]]
+        outcome.append((job["counts"], sorted(_errors(client, admin, job)), records, preview))
+    assert built == [1], "the second run built its rows in a worker"
+    assert outcome[0] == outcome[1]
+    counts, errors, records, preview = outcome[1]
+    assert counts == {"rows": 12, "inserted": 5, "updated": 0, "skipped": 2, "errors": 5}, counts
+    assert [(e[0], e[1]) for e in errors] == [("3", "身份证号"), ("4", "手机号"), ("5", "姓名"), ("8", "客户经理"), ("9", "资产规模(AUM)")]
+    by_name = {r["name"]: r for r in records}
+    assert by_name[p[5]["name"]]["id_number"] == p[5]["id"]  # decrypts: sealed with the id it was stored under
+    assert len(preview) == 5 and preview[0]["_row"] == 2

@@ -25,6 +25,13 @@ rolled back and written again without them, and they become row errors. On Postg
 stream through ``COPY``; on SQLite they go in one ``executemany``. Errors keep the row number,
 the column header, the value masked as the field's mask rule says, and the message; the error
 file is a CSV built from them, formula-safe.
+
+Files of 20,000 rows or more (``import_workers``) that only insert have their new rows built by
+a worker process — parsed, validated, completed, encrypted, blind-indexed and bound, by the
+same functions — while the job's own process reads the file, matches keys within the file and
+against the database, writes, and checks scope and rules. Ids are reserved for a whole batch
+before the worker seals ciphertexts with them (the id is in the associated data): ids of rows
+that are not written (errors, duplicates) stay unused, gaps a surrogate key may have.
 """
 
 from __future__ import annotations
@@ -80,7 +87,8 @@ from ..runtime import utcnow
 from ..security.authz import effective_mask
 from ..security.masking import mask_value
 from ..security.principal import Principal
-from ..services.records import RecordService, _View
+from ..security.crypto import Keyring
+from ..services.records import REQUIRED, RecordService, _View, creation_fills, stored_values
 from ..sqltypes import JsonDoc
 from ..store.query import field_expr
 from ..store.sets import member_of
@@ -232,6 +240,7 @@ class _Plan:
     defaults: dict[str, Any] = field(default_factory=dict)  # normalised field defaults, once per run
     headers: dict[str, str] = field(default_factory=dict)  # field name → its column's header
     memo: dict[int, dict[Any, Any]] = field(default_factory=dict)  # see _parse_batch
+    order: list[str] = field(default_factory=list)  # stored columns of worker-built rows, as sent
 
 
 @dataclass
@@ -243,7 +252,12 @@ class _Row:
     target: int | None = None  # existing record to update; -1 skipped; a new id once inserted
     inserted: bool = False
     merged: bool = False  # a later duplicate's cells were merged into this row
-    record: dict[str, Any] | None = None  # a new row's stored values (encrypted, with its id), once built
+    # a new row's stored values (encrypted, with its id ``rid``), once built: a dict, or a tuple
+    # of bound values in ``_Plan.order`` when an import worker built it
+    record: dict[str, Any] | tuple[Any, ...] | None = None
+    rid: int | None = None
+    keyed: bool = False  # ``key`` was computed by the worker that built the row
+    source: list[Any] | None = None  # a worker-built row's cells as read (its values, for the preview)
     errors: list[tuple[str | None, Any, str]] = field(default_factory=list)  # (header, raw, message)
 
 
@@ -648,11 +662,17 @@ class Importer:
                 except BaseException as exc:  # handed to the main thread, re-raised there
                     failure.append(exc)
 
-        workers = parse_workers(total - state.rows_done)
+        workers = import_workers(total - state.rows_done)
+        recipe = self._recipe(plan, options, outer) if workers else None
         pool = None
-        if workers > 1:
+        if recipe is not None or workers > 1:
             # forkserver: workers never inherit this process's threads, locks or connections
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_worker_init, initargs=(plan.columns, plan.users))
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])  # each worker forks with this module loaded
+            if recipe is not None:
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_builder_init, initargs=(recipe,))
+            else:
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(plan.columns, plan.users))
         thread = threading.Thread(target=writer, name=f"fincrm-import-{job.id}", daemon=True)
         # The writer mostly waits on the database; after each wait it needs the GIL back from
         # the busy parsing thread, which by default keeps it for up to 5 ms (the "convoy"
@@ -666,7 +686,8 @@ class Importer:
             sys.setswitchinterval(min(interval, 0.0001))
             thread.start()
         try:
-            for raw, rows in self._parsed(plan, batches, pool, workers):
+            parsed = self._built(plan, batches, pool, workers) if recipe is not None and pool is not None else self._parsed(plan, batches, pool, workers)
+            for raw, rows in parsed:
                 if failure:
                     break
                 prepared = self._prepare(plan, options, rows, state, _early(options, outer))
@@ -702,6 +723,74 @@ class Importer:
             first, fut = ahead.popleft()
             yield first, fut.result()
 
+    def _recipe(self, plan: _Plan, options: ImportOptions, outer: Connection | None) -> "_Recipe | None":
+        """What a worker process needs to build whole rows, when this run can use them: rows
+        that only insert (no merge of duplicates, no update), built before their transaction
+        (not a dry run or a one-transaction run), with no other unique field than the key and
+        no id column. Everything else a row needs (titles of references, matches, the writer's
+        scope, rules) stays in this process."""
+        v = plan.view
+        if not _early(options, outer) or options.mode != "insert" or options.dedupe == "update":
+            return None
+        if any(c.field is None for c in plan.columns) or any(f is not plan.key for f in plan.uniques):
+            return None
+        t = v.table
+        fills = creation_fills(v.spec, v.principal.user_id, plan.defaults)
+        given = {c.field.name for c in plan.columns if c.field is not None} | {name for name, _ in fills}
+        wanted = {"id", "version", "created_at", "updated_at", "created_by", "updated_by", "ext"}
+        for name in given:
+            f = v.spec.field(name)
+            assert f is not None
+            if f.storage == "column":
+                wanted.add(f.name)
+                if f.encrypted and f.searchable:
+                    wanted.add(f.blind_index_column)
+        names = [c.name for c in t.columns if c.name in wanted]
+        dialect = self.runtime.engine.dialect
+        plan.order = names if self.runtime.dialect == "postgresql" else list(insert(t).compile(dialect=dialect, column_keys=names).positiontup or names)
+        return _Recipe(
+            columns=plan.columns, users=plan.users, fields={f.name: f for f in v.spec.live_fields}, entity=v.spec.name, table=t,
+            dialect=self.runtime.dialect, keyring=self.runtime.keyring, key=plan.key, fills=fills, headers=plan.headers,
+            refs=[f.name for f in v.spec.live_fields if f.type == "ref"], order=plan.order, user_id=v.principal.user_id,
+        )
+
+    def _built(
+        self, plan: _Plan, batches: Iterator[list[tuple[int, list[Any]]]], pool: ProcessPoolExecutor, workers: int
+    ) -> Iterator[tuple[list[tuple[int, list[Any]]], list[_Row]]]:
+        """(raw batch, rows) in file order, the new rows built by worker processes: each batch
+        goes out with ids reserved for all its rows (those a row does not use stay unused) and
+        the batch's time stamp, and comes back as bound rows ready for the database, their keys,
+        and their errors. Rows naming references by title are parsed here, as without workers."""
+        name = plan.view.spec.name
+        ahead: collections.deque[tuple[list[tuple[int, list[Any]]], list[int], Future[list[tuple[Any, ...]]]]] = collections.deque()
+
+        def done() -> tuple[list[tuple[int, list[Any]]], list[_Row]]:
+            raw, ids, fut = ahead.popleft()
+            return raw, self._rows_built(plan, raw, ids, fut.result())
+
+        for raw in batches:
+            ids = self.runtime.ids.take(name, len(raw))
+            ahead.append((raw, ids, pool.submit(_worker_build, raw, ids, utcnow())))
+            if len(ahead) > workers:
+                yield done()
+        while ahead:
+            yield done()
+
+    def _rows_built(self, plan: _Plan, raw: list[tuple[int, list[Any]]], ids: list[int], results: list[tuple[Any, ...]]) -> list[_Row]:
+        key = plan.key
+        rows: list[_Row | None] = []
+        here: list[tuple[int, list[Any]]] = []
+        for (number, cells), rid, (row_key, key_cell, errors, line, refs) in zip(raw, ids, results):
+            if line is None and not errors:
+                rows.append(None)
+                here.append((number, cells))
+                continue
+            rows.append(_Row(number, {key.name: key_cell} if key is not None else {}, refs, key=row_key, keyed=True, record=line, rid=rid, source=cells, errors=list(errors)))
+        if here:
+            parsed = iter(_parse_batch(plan.columns, plan.users, here, plan.memo))
+            rows = [r if r is not None else next(parsed) for r in rows]
+        return rows  # type: ignore[return-value]
+
     def _prepare(self, plan: _Plan, options: ImportOptions, rows: list[_Row], state: "_State", early: bool = False) -> list[_Row]:
         """Everything about a parsed batch that needs no write: references, matches, conflicts;
         ``early``: also the new rows' stored values, with ids reserved now (not in the write
@@ -713,12 +802,13 @@ class Importer:
                 continue
             if row.merged:  # a duplicate's cells were merged in: check the result again
                 self._revalidate(plan, row)
-            if row.target is None and not row.errors:  # new records get defaults; required fields must be there
+            if row.target is None and not row.errors and row.record is None:  # new records get defaults; required fields must be there
                 self._complete(plan, row)
         self._unique_conflicts(plan, [r for r in rows if not r.errors and r.target != -1])
         if early:
-            new = [r for r in rows if not r.errors and r.target is None]
-            self._build(plan, new, self.runtime.ids.take(plan.view.spec.name, len(new)))
+            new = [r for r in rows if not r.errors and r.target is None and r.record is None]
+            if new:
+                self._build(plan, new, self.runtime.ids.take(plan.view.spec.name, len(new)))
         return rows
 
     def _build(self, plan: _Plan, rows: list[_Row], ids: list[int]) -> None:
@@ -739,7 +829,7 @@ class Importer:
             if not values.get("ext", True):
                 values["ext"] = empty
             values.update(stamps, id=rid)
-            row.record = values
+            row.record, row.rid = values, rid
 
     def _commit(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], raw_count: int, state: "_State", outer: Connection | None) -> None:
         """Write a prepared batch in one transaction (a savepoint of ``outer``) with its errors
@@ -850,7 +940,9 @@ class Importer:
         keyed: list[_Row] = []
         by_key: dict[Any, _Row] = {}
         for row in rows:
-            if key is None:
+            if row.keyed:
+                pass
+            elif key is None:
                 row.key = row.cells.get("id")
             else:
                 value = row.values.get(key.name)
@@ -959,13 +1051,11 @@ class Importer:
         unbuilt = [r for r in new if r.record is None]
         if unbuilt:  # ids through this transaction: a rollback gives them back
             self._build(plan, unbuilt, self.runtime.ids.take_in(conn, v.spec.name, len(unbuilt)))
-        records = []
         for row in new:
             assert row.record is not None
-            records.append(row.record)
-            row.target, row.inserted = row.record["id"], True
-        if records:
-            self._insert(conn, t, records)
+            row.target, row.inserted = row.rid, True
+        if new:
+            self._insert(conn, t, plan, [row.record for row in new if row.record is not None])
         changes: list[tuple[int, int, dict[str, Any]]] = []
         if old:
             current = {r.id: r for r in conn.execute(select(t).where(member_of(t.c.id, [int(r.target) for r in old if r.target], self.runtime.dialect)))}
@@ -1016,36 +1106,37 @@ class Importer:
         if bad:
             raise _Redo(bad)
 
-    def _insert(self, conn: Connection, t: Table, records: list[dict[str, Any]]) -> None:
-        keys: set[str] = set().union(*(r.keys() for r in records))
-        names = [c.name for c in t.columns if c.name in keys]
-        if self.runtime.dialect == "postgresql":
-            self._copy(conn, t, names, records)
+    def _insert(self, conn: Connection, t: Table, plan: _Plan, records: list[dict[str, Any] | tuple[Any, ...]]) -> None:
+        """New rows in one ``COPY`` (PostgreSQL) or one ``executemany`` (SQLite) of plain tuples,
+        each value through its column type's own bind processor (what SQLAlchemy's insert()
+        would do, without its per-row bookkeeping). Rows built by workers come bound, in
+        ``plan.order``; the others are bound here."""
+        built = [r for r in records if isinstance(r, tuple)]
+        dicts = [r for r in records if isinstance(r, dict)]
+        if built:
+            names = plan.order
+            assert all(k in names for r in dicts for k in r), "a row built here has a column workers do not send"
+        else:
+            keys: set[str] = set().union(*(r.keys() for r in dicts))
+            names = [c.name for c in t.columns if c.name in keys]
+        postgresql = self.runtime.dialect == "postgresql"
+        if postgresql:
+            order = names
+        else:
+            compiled = insert(t).compile(dialect=conn.dialect, column_keys=names)
+            order = list(compiled.positiontup or names)
+            assert not built or order == names
+        rows = built + _bind_rows(_processors(t, None if postgresql else conn.dialect, order), order, dicts)
+        if not postgresql:
+            conn.exec_driver_sql(str(compiled), rows)
             return
-        # one executemany of plain tuples, each value through its column type's own bind
-        # processor (what SQLAlchemy's insert() would do, without its per-row bookkeeping)
-        dialect = conn.dialect
-        compiled = insert(t).compile(dialect=dialect, column_keys=names)
-        order = list(compiled.positiontup or names)
-        columns = [_bound(t.c[n].type.dialect_impl(dialect).bind_processor(dialect), [r.get(n) for r in records]) for n in order]
-        conn.exec_driver_sql(str(compiled), list(zip(*columns)))
-
-    @staticmethod
-    def _copy(conn: Connection, t: Table, names: list[str], records: list[dict[str, Any]]) -> None:
-        """Stream the rows into ``COPY … FROM STDIN`` on the transaction's own connection."""
         from psycopg import sql
 
-        json_cols = {c.name for c in t.columns if c.type is JsonDoc or isinstance(c.type, type(JsonDoc))}
         raw: Any = conn.connection.dbapi_connection
         assert raw is not None
-        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(t.name), sql.SQL(", ").join(sql.Identifier(n) for n in names))
-
-        def jsonb(value: Any) -> Any:  # JSON text: COPY parses it with the column's own input function
-            return None if value is None else json.dumps(value, separators=(",", ":"))
-
-        columns = [_bound(jsonb if n in json_cols else None, [r.get(n) for r in records]) for n in names]
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(t.name), sql.SQL(", ").join(sql.Identifier(n) for n in order))
         with raw.cursor() as cur, cur.copy(stmt) as copy:
-            for values in zip(*columns):
+            for values in rows:
                 copy.write_row(values)
 
     def _post_check(self, conn: Connection, plan: _Plan, new: list[_Row], old: list[_Row]) -> None:
@@ -1113,7 +1204,12 @@ class Importer:
         """A row as the importer would see it stored: masked as their reads are."""
         v = plan.view
         out: dict[str, Any] = {"_row": row.number, "_action": action}
-        for name, value in row.values.items():
+        values = row.values
+        if row.source is not None:  # built by a worker, which sent no values: the same again here
+            again = _parse_batch(plan.columns, plan.users, [(row.number, row.source)])[0]
+            self._complete(plan, again)
+            values = again.values
+        for name, value in values.items():
             f = v.spec.field(name)
             if f is None or v.access[name].view == "hidden":
                 continue
@@ -1167,35 +1263,48 @@ def _parse_batch(
     stage, occupation and date cells thousands of times. Column by column, the converter and
     its memo are looked up once per batch instead of once per cell."""
     rows = [_Row(number, {}) for number, _ in raw]
+    cells_of = [r.cells for r in rows]
+    values_of = [r.values for r in rows]
     for col in columns:
         f = col.field
         name = f.name if f is not None else "id"
         convert = _cell_converter(col, users)
-        seen: dict[Any, Any] | None = memo.setdefault(col.index, {}) if memo is not None and f is not None else None
-        copy = f is not None and f.type == "multi_enum"  # a list value must not be shared by rows
         i = col.index
-        for row, (_, cells) in zip(rows, raw):
-            cell = cells[i] if i < len(cells) else None
-            if seen is None:
-                value, out, errors = convert(cell)
-            else:
-                key = cell if type(cell) is str else (type(cell), cell)  # 1, 1.0 and True hash alike
-                try:
-                    hit, remember = seen.get(key), True
-                except TypeError:  # unhashable: no reader gives such cells, but never fail on one
-                    hit, remember = None, False
-                if hit is None:
-                    hit = convert(cell)
-                    if remember and len(seen) < _MEMO_SIZE:
-                        seen[key] = hit
-                value, out, errors = hit
+        column = [cells[i] if i < len(cells) else None for _, cells in raw]
+        if memo is not None and f is not None:
+            hits = _memoised(convert, memo.setdefault(i, {}), column)
+        else:
+            hits = [convert(cell) for cell in column]
+        copy = f is not None and f.type == "multi_enum"  # a list value must not be shared by rows
+        for row, cells, values, (value, out, errors) in zip(rows, cells_of, values_of, hits):
             if value is not _NOTHING:
-                row.cells[name] = value
-                if f is not None and out is not _NOTHING:
-                    row.values[name] = list(out) if copy and out is not None else out
+                cells[name] = value
+                if out is not _NOTHING and f is not None:
+                    values[name] = list(out) if copy and out is not None else out
             if errors:
                 row.errors += errors
     return rows
+
+
+def _memoised(convert: Callable[[Any], Any], seen: dict[Any, Any], column: list[Any]) -> list[Any]:
+    """``convert`` of each cell, remembered in ``seen`` by the cell (and its type: 1, 1.0 and
+    True hash alike)."""
+    hits: list[Any] = []
+    append = hits.append
+    get = seen.get
+    for cell in column:
+        key = cell if type(cell) is str else (type(cell), cell)
+        try:
+            hit = get(key)
+        except TypeError:  # unhashable: no reader gives such cells, but never fail on one
+            append(convert(cell))
+            continue
+        if hit is None:
+            hit = convert(cell)
+            if len(seen) < _MEMO_SIZE:
+                seen[key] = hit
+        append(hit)
+    return hits
 
 
 _NOTHING = object()
@@ -1213,7 +1322,7 @@ def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[
     return out, ()
 
 
-# Parsing in worker processes: each gets the columns and users once, then batches of rows.
+# Worker processes: each gets the columns and users (or a ``_Recipe``) once, then batches of rows.
 _WORKER: dict[str, Any] = {}
 
 
@@ -1226,16 +1335,121 @@ def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
     return _parse_batch(columns, users, raw, _WORKER.setdefault("memo", {}))
 
 
-def parse_workers(total: int) -> int:
-    """Processes to parse a file of ``total`` rows with: ``FINCRM_IMPORT_WORKERS`` (default 0:
-    the job's own thread) for files of 20,000 rows or more. On the 2-core reference machine
-    two workers were no faster (the database and the writer need those cores), so they are
-    opt-in for bigger machines."""
+@dataclass(frozen=True)
+class _Recipe:
+    """What a worker process needs to turn file rows into bound rows for the database: the
+    plan's columns and users, the entity's fields, the table, the keys, what new records get
+    when not given (``creation_fills``), and the order of the values it sends back."""
+
+    columns: list[_Column]
+    users: dict[str, int]
+    fields: dict[str, FieldSpec]
+    entity: str
+    table: Table
+    dialect: str
+    keyring: Keyring
+    key: FieldSpec | None
+    fills: list[tuple[str, Any]]
+    headers: dict[str, str]
+    refs: list[str]  # reference fields: their values go back for the parent's existence check
+    order: list[str]
+    user_id: int | None
+
+
+def _builder_init(recipe: _Recipe) -> None:
+    _WORKER.clear()
+    _WORKER["recipe"], _WORKER["memo"] = recipe, {}
+    dialect: Any = None
+    if recipe.dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        dialect = sqlite.dialect()
+    _WORKER["processors"] = _processors(recipe.table, dialect, recipe.order)
+
+
+def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.datetime) -> list[tuple[Any, ...]]:
+    """A batch of file rows → per row (key, key cell, errors, bound row or None, reference
+    values), as the parent's own steps would make them (``_parse_batch``, ``_complete``,
+    ``_build``). A row naming a reference by title comes back as (None, None, (), None, None):
+    the parent resolves titles against the database and builds that row itself."""
+    r: _Recipe = _WORKER["recipe"]
+    key = r.key
+    rows = _parse_batch(r.columns, r.users, raw, _WORKER["memo"])
+    stamps = {"version": 1, "created_at": now, "updated_at": now, "created_by": r.user_id, "updated_by": r.user_id}
+    empty: dict[str, Any] = {}
+    out: list[tuple[Any, ...]] = []
+    records: list[dict[str, Any]] = []
+    for rid, row in zip(ids, rows):
+        if row.errors:
+            out.append((None, None, tuple(row.errors), None, None))
+            continue
+        if r.refs and any(isinstance(row.cells.get(name), _Title) for name in r.refs):
+            out.append((None, None, (), None, None))
+            continue
+        value = row.values.get(key.name) if key is not None else None
+        row_key = None
+        if key is not None and value is not None:
+            row_key = r.keyring.blind_index(f"{r.entity}.{key.name}", str(value)) if key.encrypted else FIELD_TYPES[key.type].dump(value)
+        errors = []
+        for name, fill in r.fills:
+            if name in row.values:
+                continue
+            if fill is REQUIRED:
+                errors.append((r.headers.get(name, name), None, "is required"))
+            else:
+                row.values[name] = fill
+        key_cell = row.cells.get(key.name) if key is not None else None
+        if errors:
+            out.append((row_key, key_cell, tuple(errors), None, None))
+            continue
+        known = {key.name: row_key} if key is not None and key.encrypted and row_key else None
+        values = stored_values(r.fields.get, r.entity, r.table.name, r.keyring, rid, row.values, None, known)
+        if not values.get("ext", True):
+            values["ext"] = empty
+        values.update(stamps, id=rid)
+        records.append(values)
+        refs = {name: row.values[name] for name in r.refs if row.values.get(name) is not None}
+        out.append((row_key, key_cell, (), len(records) - 1, refs))
+    bound = _bind_rows(_WORKER["processors"], r.order, records)
+    return [(k, cell, errors, None if i is None else bound[i], refs) for k, cell, errors, i, refs in out]
+
+
+def _processors(t: Table, dialect: Any, order: list[str]) -> list[Callable[[Any], Any] | None]:
+    """Each column's bind processor for ``dialect``; ``None``: PostgreSQL's COPY, which takes
+    Python values and JSON documents as JSON text (parsed by the column's input function)."""
+    if dialect is None:
+        json_cols = {c.name for c in t.columns if c.type is JsonDoc or isinstance(c.type, type(JsonDoc))}
+        return [_json_text if n in json_cols else None for n in order]
+    return [t.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in order]
+
+
+def _json_text(value: Any) -> Any:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _bind_rows(processors: list[Callable[[Any], Any] | None], order: list[str], records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Records → tuples of bound values in ``order``, a column at a time (see ``_bound``)."""
+    if not records:
+        return []
+    return list(zip(*(_bound(process, [r.get(n) for r in records]) for process, n in zip(processors, order))))
+
+
+def import_workers(total: int) -> int:
+    """Worker processes for a file of ``total`` rows: ``FINCRM_IMPORT_WORKERS`` (default: one
+    when the machine has two cores or more, 0 disables) for files of at least
+    ``FINCRM_IMPORT_WORKER_ROWS`` rows (default 20,000; a worker takes a moment to start).
+
+    Workers build whole rows (parse, validate, encrypt, bind) while this process reads the file,
+    matches keys and writes: see ``Importer._recipe`` for the runs that can use them. Other runs
+    use workers only to parse, and only with two or more of them: one parse-only worker was no
+    faster than parsing here (its rows cost as much to pickle as to parse)."""
+    default = 1 if (os.cpu_count() or 1) >= 2 else 0
     try:
-        configured = max(0, int(os.environ.get("FINCRM_IMPORT_WORKERS", "0")))
+        configured = max(0, int(os.environ.get("FINCRM_IMPORT_WORKERS", default)))
+        least = max(1, int(os.environ.get("FINCRM_IMPORT_WORKER_ROWS", "20000")))
     except ValueError:
-        configured = 0
-    return configured if total >= 20_000 and configured > 1 else 0
+        configured, least = default, 20_000
+    return configured if total >= least else 0
 
 
 def _fingerprint(path: Path) -> str:
@@ -1265,18 +1479,19 @@ def _early(options: ImportOptions, outer: Connection | None) -> bool:
 
 
 def _bound(process: Callable[[Any], Any] | None, values: list[Any]) -> list[Any]:
-    """A column's values through its bind processor, once per distinct object: a batch's
-    timestamps, creator and empty ``ext`` are the same object in every row."""
+    """A column's values through its bind processor; a value that is the same object as the
+    row before's is processed once (a batch's time stamps, creator and empty ``ext`` are one
+    object in every row)."""
     if process is None:
         return values
-    done: dict[int, Any] = {}
-    out = []
+    out: list[Any] = []
+    append = out.append
+    last: Any = _NOTHING
+    done: Any = None
     for value in values:
-        key = id(value)
-        hit = done.get(key, _NOTHING)
-        if hit is _NOTHING:
-            hit = done[key] = process(value)
-        out.append(hit)
+        if value is not last:
+            last, done = value, process(value)
+        append(done)
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import itertools
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,8 +55,18 @@ class Source:
         """(row number in the file, cells) for every non-empty row after the header."""
         it = self._raw_rows()
         for number, cells in it:
-            if number <= self.header_row:
-                continue
+            if number > self.header_row:
+                break
+        else:
+            return
+        if self.format == "csv":  # cells are strings: a row of blanks joins to blank
+            if "".join(cells).strip():
+                yield number, cells
+            for number, cells in it:
+                if "".join(cells).strip():
+                    yield number, cells
+            return
+        for number, cells in itertools.chain([(number, cells)], it):
             if any(c not in (None, "") and not (isinstance(c, str) and not c.strip()) for c in cells):
                 yield number, cells
 

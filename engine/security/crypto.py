@@ -15,6 +15,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -58,6 +59,11 @@ class Keyring:
         self.current_id = key_id(self.master)
         self._aead = {key_id(k): AESGCM(_derive(k, b"fincrm-data-v1")) for k in [self.master, *self.previous]}
         self._index_key = _derive(self.index_key or self.master, b"fincrm-blind-index-v1")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Rebuilt from its keys (the cipher objects do not pickle): import workers, which are
+        this application's own child processes, receive it through a local pipe."""
+        return (Keyring, (self.master, list(self.previous), self.index_key))
 
     def encrypt(self, plaintext: str, aad: bytes) -> str:
         nonce = os.urandom(12)

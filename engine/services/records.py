@@ -8,6 +8,7 @@ statement → rows → field policy (decrypt / mask / hide) → plain dicts.
 from __future__ import annotations
 
 import builtins
+import enum
 import json
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -33,7 +34,7 @@ from ..runtime import POLICY_VERSION, Runtime, Snapshot, utcnow
 from ..security import audit
 from ..security.authz import Authorizer, FieldAccess, effective_mask
 from ..security.consent import consent_clause
-from ..security.crypto import aad_for
+from ..security.crypto import Keyring, aad_for
 from ..security.masking import mask_value
 from ..quality.rules import check_written
 from ..security.principal import Principal
@@ -554,15 +555,13 @@ class RecordService:
     ) -> None:
         """Fields a new record gets without being given: defaults, the creator as owner;
         required ones missing are errors. ``defaults``: the normalised defaults, if known."""
-        for f in v.spec.live_fields:
-            if f.name in given:
+        for name, value in creation_fills(v.spec, v.principal.user_id, defaults):
+            if name in given:
                 continue
-            if f.default is not None:
-                values[f.name] = defaults[f.name] if defaults is not None else FIELD_TYPES[f.type].normalize(f.default, f)
-            elif f.name == v.spec.owner_field and v.principal.user_id is not None:
-                values[f.name] = v.principal.user_id
-            elif f.required:
-                errors.append({"field": f.name, "message": "is required"})
+            if value is REQUIRED:
+                errors.append({"field": name, "message": "is required"})
+            else:
+                values[name] = value
 
     def _check_refs(self, conn: Connection, v: _View, values: Mapping[str, Any]) -> None:
         errors = []
@@ -600,31 +599,7 @@ class RecordService:
     ) -> dict[str, Any]:
         """Column values (with encryption and blind indexes) and the merged ``ext`` document.
         ``known_index``: blind indexes already computed for these values, by field name."""
-        row: dict[str, Any] = {}
-        new_ext = dict(ext or {})
-        ext_touched = False
-        for name, value in values.items():
-            f = v.spec.field(name)
-            assert f is not None
-            stored: Any = value
-            if f.encrypted and value is not None:
-                dumped = FIELD_TYPES[f.type].dump(value)
-                stored = self.runtime.keyring.encrypt(str(dumped), aad_for(v.table.name, f.name, rid))
-            if f.storage == "column":
-                row[f.name] = stored
-                if f.encrypted and f.searchable:
-                    known = known_index.get(f.name) if known_index else None
-                    row[f.blind_index_column] = None if value is None else known or self.blind_index_for(v.spec)(f, value)
-            else:
-                ext_touched = True
-                dumped = stored if f.encrypted else FIELD_TYPES[f.type].dump(value)
-                if dumped is None:
-                    new_ext.pop(f.name, None)
-                else:
-                    new_ext[f.name] = dumped
-        if ext_touched or ext is None:
-            row["ext"] = new_ext
-        return row
+        return stored_values(v.spec.field, v.spec.name, v.table.name, self.runtime.keyring, rid, values, ext, known_index)
 
     def create(self, principal: Principal, entity: str, payload: Any) -> dict[str, Any]:
         v = self.view(principal, entity)
@@ -834,6 +809,68 @@ class RecordService:
                     c.execute(insert(v.table), rows)
                     self.audit(c, principal, "bulk_create", entity, None, detail)
         return ids
+
+
+class _Fill(enum.Enum):
+    REQUIRED = "required"  # pickles by name: the same object in an import worker
+
+
+REQUIRED = _Fill.REQUIRED  # creation_fills: a required field without a default
+
+
+def creation_fills(spec: EntitySpec, user_id: int | None, defaults: Mapping[str, Any] | None = None) -> builtins.list[tuple[str, Any]]:
+    """(field, value) for what a new record gets when it is not given: its default, or the
+    creator as owner; ``REQUIRED`` for required fields with neither. ``defaults``: the
+    normalised defaults, if known."""
+    out: builtins.list[tuple[str, Any]] = []
+    for f in spec.live_fields:
+        if f.default is not None:
+            out.append((f.name, defaults[f.name] if defaults is not None else FIELD_TYPES[f.type].normalize(f.default, f)))
+        elif f.name == spec.owner_field and user_id is not None:
+            out.append((f.name, user_id))
+        elif f.required:
+            out.append((f.name, REQUIRED))
+    return out
+
+
+def stored_values(
+    field: Callable[[str], FieldSpec | None],
+    entity: str,
+    table: str,
+    keyring: Keyring,
+    rid: int,
+    values: Mapping[str, Any],
+    ext: dict[str, Any] | None,
+    known_index: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A record's column values: encrypted (the table, column and id are the associated data)
+    and blind-indexed, json-stored fields merged into ``ext``. A plain function of its inputs,
+    so import workers in other processes build rows exactly as the service does."""
+    row: dict[str, Any] = {}
+    new_ext = dict(ext or {})
+    ext_touched = False
+    for name, value in values.items():
+        f = field(name)
+        assert f is not None
+        stored: Any = value
+        if f.encrypted and value is not None:
+            dumped = FIELD_TYPES[f.type].dump(value)
+            stored = keyring.encrypt(str(dumped), aad_for(table, f.name, rid))
+        if f.storage == "column":
+            row[f.name] = stored
+            if f.encrypted and f.searchable:
+                known = known_index.get(f.name) if known_index else None
+                row[f.blind_index_column] = None if value is None else known or keyring.blind_index(f"{entity}.{f.name}", str(value))
+        else:
+            ext_touched = True
+            dumped = stored if f.encrypted else FIELD_TYPES[f.type].dump(value)
+            if dumped is None:
+                new_ext.pop(f.name, None)
+            else:
+                new_ext[f.name] = dumped
+    if ext_touched or ext is None:
+        row["ext"] = new_ext
+    return row
 
 
 def _record_id(value: Any) -> int:
