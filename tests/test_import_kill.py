@@ -30,6 +30,20 @@ def _env(tmp_path: Path, db_url: str) -> dict[str, str]:
     }
 
 
+def _processes_of(tmp_path: Path) -> list[str]:
+    """Running processes started for this test (multiprocessing passes the job's sys.path, which
+    begins with its working directory, on the command line)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path) in cmdline and "multiprocessing" in cmdline:
+            found.append(f"{pid}: {cmdline[:120]}")
+    return found
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine.web.cli", *args]
 
@@ -66,6 +80,11 @@ def test_kill_9_during_import_leaves_whole_batches_and_the_job_resumes(tmp_path:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+    # its worker process (and the forkserver it came from) end by themselves
+    deadline = time.monotonic() + 20
+    while _processes_of(tmp_path):
+        assert time.monotonic() < deadline, _processes_of(tmp_path)
+        time.sleep(0.2)
     j = job()
     assert j.status == "running" and 0 < j.rows_done < len(people), (j.status, j.rows_done)
     count = stored()

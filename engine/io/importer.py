@@ -47,6 +47,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
@@ -670,9 +671,9 @@ class Importer:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])  # each worker forks with this module loaded
             if recipe is not None:
-                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_builder_init, initargs=(recipe,))
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_builder_init, initargs=(recipe, os.getpid()))
             else:
-                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(plan.columns, plan.users))
+                pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(plan.columns, plan.users, os.getpid()))
         thread = threading.Thread(target=writer, name=f"fincrm-import-{job.id}", daemon=True)
         # The writer mostly waits on the database; after each wait it needs the GIL back from
         # the busy parsing thread, which by default keeps it for up to 5 ms (the "convoy"
@@ -1326,8 +1327,27 @@ def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(columns: list[_Column], users: dict[str, int]) -> None:
+def _worker_init(columns: list[_Column], users: dict[str, int], importer: int) -> None:
     _WORKER["columns"], _WORKER["users"] = columns, users
+    _watch(importer)
+
+
+def _watch(importer: int) -> None:
+    """End this worker once the importing process is gone. A worker waits on its task queue,
+    whose pipe it holds both ends of, so an importer killed with SIGKILL would leave it (and
+    the forkserver, which it keeps alive) waiting for ever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            try:
+                os.kill(importer, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # pragma: no cover - another user's process took the pid
+                os._exit(0)
+
+    threading.Thread(target=watch, name="fincrm-import-watch", daemon=True).start()
 
 
 def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
@@ -1356,7 +1376,8 @@ class _Recipe:
     user_id: int | None
 
 
-def _builder_init(recipe: _Recipe) -> None:
+def _builder_init(recipe: _Recipe, importer: int) -> None:
+    _watch(importer)
     _WORKER.clear()
     _WORKER["recipe"], _WORKER["memo"] = recipe, {}
     dialect: Any = None
