@@ -460,3 +460,17 @@ def test_rows_a_worker_builds_are_stored_as_the_importing_process_builds_them(ap
     by_name = {r["name"]: r for r in records}
     assert by_name[p[5]["name"]]["id_number"] == p[5]["id"]  # decrypts: sealed with the id it was stored under
     assert len(preview) == 5 and preview[0]["_row"] == 2
+
+
+@pytest.mark.parametrize("import_mode", ["inline"], indirect=True)
+def test_a_job_collects_garbage_less_often_and_puts_the_thresholds_back() -> None:
+    import gc
+
+    from engine.io.importer import _GC_THRESHOLD, _fewer_collections
+
+    before = gc.get_threshold()
+    with _fewer_collections():
+        with _fewer_collections():  # a second job in another thread of the same process
+            assert gc.get_threshold()[0] == _GC_THRESHOLD
+        assert gc.get_threshold()[0] == _GC_THRESHOLD  # the first is still running
+    assert gc.get_threshold() == before

@@ -36,8 +36,10 @@ that are not written (errors, duplicates) stay unused, gaps a surrogate key may 
 
 from __future__ import annotations
 
-import csv
 import collections
+import contextlib
+import csv
+import gc
 import datetime as dt
 import multiprocessing
 import io
@@ -244,7 +246,7 @@ class _Plan:
     order: list[str] = field(default_factory=list)  # stored columns of worker-built rows, as sent
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     number: int
     cells: dict[str, Any]  # field name → coerced value (id column under "id")
@@ -468,7 +470,8 @@ class Importer:
             total = src.count()
             with self.runtime.begin() as conn:
                 conn.execute(update(t).where(t.c.id == job_id).values(total_rows=total, heartbeat=utcnow()))
-            counts = self._execute(principal, job, options, src, total, progress)
+            with _fewer_collections():
+                counts = self._execute(principal, job, options, src, total, progress)
         except FinCRMError as exc:
             self._finish(job_id, "failed", None, exc.message)
             self._audit_end(principal, job, "failed", exc.message)
@@ -772,21 +775,24 @@ class Importer:
         for raw in batches:
             ids = self.runtime.ids.take(name, len(raw))
             ahead.append((raw, ids, pool.submit(_worker_build, raw, ids, utcnow())))
-            if len(ahead) > workers:
+            # two batches queued per worker: it goes on while this process waits on the writer
+            if len(ahead) > 2 * workers:
                 yield done()
         while ahead:
             yield done()
 
     def _rows_built(self, plan: _Plan, raw: list[tuple[int, list[Any]]], ids: list[int], results: list[tuple[Any, ...]]) -> list[_Row]:
-        key = plan.key
+        name = plan.key.name if plan.key is not None else None
         rows: list[_Row | None] = []
+        append = rows.append
         here: list[tuple[int, list[Any]]] = []
         for (number, cells), rid, (row_key, key_cell, errors, line, refs) in zip(raw, ids, results):
             if line is None and not errors:
-                rows.append(None)
+                append(None)
                 here.append((number, cells))
                 continue
-            rows.append(_Row(number, {key.name: key_cell} if key is not None else {}, refs, key=row_key, keyed=True, record=line, rid=rid, source=cells, errors=list(errors)))
+            # number, cells, values, key, target, inserted, merged, record, rid, keyed, source, errors
+            append(_Row(number, {name: key_cell} if name else {}, refs, row_key, None, False, False, line, rid, True, cells, list(errors)))
         if here:
             parsed = iter(_parse_batch(plan.columns, plan.users, here, plan.memo))
             rows = [r if r is not None else next(parsed) for r in rows]
@@ -1323,6 +1329,33 @@ def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[
     return out, ()
 
 
+_GC_THRESHOLD = 50_000  # allocations between young-generation collections while importing
+_GC_LOCK = threading.Lock()
+_GC_JOBS: list[Any] = [0, None]  # jobs running in this process, the thresholds before the first
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Fewer garbage collections while a job runs. A batch allocates some 100,000 objects (cells,
+    values, rows), nearly none of them in reference cycles; at the default threshold (700) the
+    collector runs every few rows and its older generations rescan everything the process
+    holds. Measured on the import bench: unpickling a worker's batch 3.2 → 1.0 µs a row and
+    making its rows 3.6 → 1.2 µs a row with collection off. The thresholds are the process's;
+    the last job to finish puts them back."""
+    with _GC_LOCK:
+        if _GC_JOBS[0] == 0:
+            _GC_JOBS[1] = gc.get_threshold()
+            gc.set_threshold(_GC_THRESHOLD, *_GC_JOBS[1][1:])
+        _GC_JOBS[0] += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_JOBS[0] -= 1
+            if _GC_JOBS[0] == 0:
+                gc.set_threshold(*_GC_JOBS[1])
+
+
 # Worker processes: each gets the columns and users (or a ``_Recipe``) once, then batches of rows.
 _WORKER: dict[str, Any] = {}
 
@@ -1330,6 +1363,14 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(columns: list[_Column], users: dict[str, int], importer: int) -> None:
     _WORKER["columns"], _WORKER["users"] = columns, users
     _watch(importer)
+    _worker_collections()
+
+
+def _worker_collections() -> None:
+    """A worker does nothing but batches: what it holds now is there for good (``freeze`` keeps
+    the collector from rescanning it) and it collects as seldom as a running job does."""
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _watch(importer: int) -> None:
@@ -1386,6 +1427,7 @@ def _builder_init(recipe: _Recipe, importer: int) -> None:
 
         dialect = sqlite.dialect()
     _WORKER["processors"] = _processors(recipe.table, dialect, recipe.order)
+    _worker_collections()
 
 
 def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.datetime) -> list[tuple[Any, ...]]:
@@ -1561,7 +1603,10 @@ def _coerce(f: FieldSpec | None, cell: Any, users: dict[str, int]) -> Any:
             return cell
         m = _DATE.fullmatch(str(cell))
         if m:
-            return f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d}"
+            try:
+                return dt.date(int(m[1]), int(m[2]), int(m[3]))
+            except ValueError:  # not a day of the calendar: the field type says so
+                return f"{int(m[1]):04d}-{int(m[2]):02d}-{int(m[3]):02d}"
         text = str(cell)
         if re.fullmatch(r"\d{8}", text, re.ASCII):
             return f"{text[:4]}-{text[4:6]}-{text[6:]}"
