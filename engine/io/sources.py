@@ -14,9 +14,9 @@ the importer coerces them per field. The header is the first non-empty row.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime as dt
-import itertools
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,35 +53,37 @@ class Source:
 
     def rows(self) -> Iterator[tuple[int, list[Any]]]:
         """(row number in the file, cells) for every non-empty row after the header."""
-        it = self._raw_rows()
-        for number, cells in it:
-            if number > self.header_row:
-                break
-        else:
-            return
         if self.format == "csv":  # cells are strings: a row of blanks joins to blank
-            if "".join(cells).strip():
-                yield number, cells
-            for number, cells in it:
-                if "".join(cells).strip():
-                    yield number, cells
+            with self._csv() as reader:
+                header = self.header_row
+                for cells in reader:
+                    if reader.line_num > header and "".join(cells).strip():
+                        yield reader.line_num, cells
             return
-        for number, cells in itertools.chain([(number, cells)], it):
-            if any(c not in (None, "") and not (isinstance(c, str) and not c.strip()) for c in cells):
+        for number, cells in _xlsx_rows(self.path):
+            if number > self.header_row and any(c not in (None, "") and not (isinstance(c, str) and not c.strip()) for c in cells):
                 yield number, cells
 
     def count(self) -> int:
+        if self.format == "csv":  # the header is the first non-empty row: the others follow it
+            with self._csv() as reader:
+                return sum(1 for cells in reader if "".join(cells).strip()) - 1
         return sum(1 for _ in self.rows())
 
     def _raw_rows(self) -> Iterator[tuple[int, list[Any]]]:
         if self.format == "xlsx":
             yield from _xlsx_rows(self.path)
             return
+        with self._csv() as reader:
+            for cells in reader:
+                yield reader.line_num, cells
+
+    @contextlib.contextmanager
+    def _csv(self) -> Iterator[Any]:
         with open(self.path, encoding=self.encoding, newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
             try:
-                for cells in reader:
-                    yield reader.line_num, cells
+                yield reader
             except csv.Error as exc:
                 raise _file_error(f"row {reader.line_num + 1}: the file is not valid CSV ({exc})") from None
 
