@@ -474,3 +474,17 @@ def test_a_job_collects_garbage_less_often_and_puts_the_thresholds_back() -> Non
             assert gc.get_threshold()[0] == _GC_THRESHOLD
         assert gc.get_threshold()[0] == _GC_THRESHOLD  # the first is still running
     assert gc.get_threshold() == before
+
+
+@pytest.mark.parametrize("import_mode", ["inline"], indirect=True)
+def test_a_batch_on_sqlite_checkpoints_less_often_and_gives_its_connection_back_as_it_was(app: Any) -> None:
+    from engine.io.importer import _CHECKPOINT_PAGES, Importer
+
+    ext = app.extensions["fincrm"]
+    if ext.runtime.dialect != "sqlite":
+        pytest.skip("a SQLite setting")
+    importer = Importer(ext.records, app.config["FINCRM_SETTINGS"].data_dir)
+    with importer._batch_transaction() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == _CHECKPOINT_PAGES
+    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000

@@ -706,6 +706,9 @@ class Importer:
             sys.setswitchinterval(interval)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            if self.runtime.dialect == "sqlite" and outer is None:  # what the batches' commits left in the log
+                with self.runtime.write_engine.connect() as conn:
+                    conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
         if failure:
             raise failure[0]
 
@@ -853,7 +856,7 @@ class Importer:
                             sp.rollback()
                     self._progress(None, job.id, rows, state, written, raw_count, plan)
                 else:
-                    with self.runtime.begin() as conn:
+                    with self._batch_transaction() as conn:
                         written = self._write(plan, job, options, todo, conn)
                         if options.dry_run:
                             raise _DryRun()
@@ -873,6 +876,28 @@ class Importer:
                 with self.runtime.begin() as conn:
                     self._progress(conn, job.id, rows, state, written, raw_count, plan)
             return
+
+    @contextlib.contextmanager
+    def _batch_transaction(self) -> Iterator[Connection]:
+        """A batch's write transaction. On SQLite its commit copies the write-ahead log into the
+        database file only once the log holds ``_CHECKPOINT_PAGES`` pages, not SQLite's default
+        1,000 (about two batches): each checkpoint rewrites the index pages every batch touches,
+        and a commit that checkpoints cost 10.5 µs a row against 3.6–4.4 µs (2,000-row batches).
+        The connection gets its own setting back; ``_pipeline`` checkpoints at the end of a job."""
+        if self.runtime.dialect != "sqlite":
+            with self.runtime.begin() as conn:
+                yield conn
+            return
+        with self.runtime.write_engine.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection  # pragmas outside any transaction
+            before = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            raw.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if not conn.invalidated:
+                    raw.execute(f"PRAGMA wal_autocheckpoint={before}")
 
     def _resolve_titles(self, plan: _Plan, rows: list[_Row]) -> None:
         """Reference cells given as titles (e.g. a branch name) become ids, within the writer's
@@ -1329,6 +1354,7 @@ def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[
     return out, ()
 
 
+_CHECKPOINT_PAGES = 10_000  # SQLite: write-ahead log pages (4 KiB) a batch's commit lets pile up
 _GC_THRESHOLD = 50_000  # allocations between young-generation collections while importing
 _GC_LOCK = threading.Lock()
 _GC_JOBS: list[Any] = [0, None]  # jobs running in this process, the thresholds before the first
