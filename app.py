@@ -30,7 +30,7 @@ from engine.web.notifications import NotificationsPage
 from engine.web.observe import register_observability
 from engine.web.pages import HomeView, RecordPages, register_page_helpers
 from engine.web.replica import register_replica_routing
-from engine.web.security import CookielessSessions, FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy
+from engine.web.security import CookielessSessions, FinCRMSecurityManager, install_session_hooks, limit_api_login, password_policy, skip_limiter_hooks
 from engine.web.workbench import WorkbenchView
 
 ROOT = Path(__file__).resolve().parent
@@ -114,12 +114,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         register_c360(app, appbuilder)
     app.register_blueprint(api)
     # the record API has no request limits of its own (logins are limited on their own
-    # blueprints): skip the limiter's per-request bookkeeping on the hot path. A request
-    # filter answers before the limiter resolves any limit (``exempt`` alone still resolves
-    # them on every request, ~5% of a get-by-id).
+    # blueprints): skip the limiter's per-request bookkeeping on the hot path. Its hooks do not
+    # run for the API's requests; the exemption and the request filter stay as the fallback
+    # (``exempt`` alone still resolves the limits on every request, ~5% of a get-by-id).
     limiter = appbuilder.sm.limiter
     limiter.exempt(api)
     limiter.request_filter(lambda: request.blueprint == api.name)
+    skip_limiter_hooks(app, limiter, api.name)
     app.session_interface = CookielessSessions()
     register_error_handlers(app)
     register_page_helpers(app)

@@ -564,6 +564,28 @@ def test_reads_see_a_change_from_another_worker_on_their_very_next_request(app: 
         assert_error(other.post(f"{CUSTOMERS}/query", json={}, headers=rm1), 401, "unauthenticated")
 
 
+def test_a_field_added_or_removed_reaches_a_warm_reader_in_every_worker_at_once(app: Any, client: Any, login: Any) -> None:
+    """Views and serialisation plans are cached per metadata snapshot: a get or list without
+    ``fields`` (the cached view's visible fields) shows a new field, and stops showing a removed
+    one, on the very next request, in the worker that changed it and in another."""
+    admin, rm1 = login("admin"), login("rm1")
+    cid = _customer(client, rm1, name="缓存视图")["id"]
+    with second_worker(app) as other_app:
+        other = other_app.test_client()
+
+        def shown(name: str) -> list[bool]:
+            return [
+                name in c.get(f"{CUSTOMERS}/{cid}", headers=rm1).json and name in c.get(CUSTOMERS, headers=rm1).json["items"][0]
+                for c in (client, other)
+            ]
+
+        assert shown("view_level") == [False, False]  # warm in both workers
+        _add(client, admin, name="view_level", type="integer")
+        assert shown("view_level") == [True, True]
+        assert client.delete(f"{FIELDS}/view_level", headers=admin).status_code == 200
+        assert shown("view_level") == [False, False]
+
+
 def test_a_warm_get_or_list_is_one_sql_statement(app: Any, client: Any, login: Any) -> None:
     from sqlalchemy import event
 

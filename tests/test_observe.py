@@ -30,7 +30,7 @@ from engine.flows.jobs import JOBS, run_pass
 from engine.flows.outbox import enqueue_many
 from engine.security.audit import audit_head_table
 from engine.security.crypto import DecryptError, Keyring
-from engine.web.logs import RedactQuery, configure_logging, log_format
+from engine.web.logs import PLAIN, RedactQuery, configure_logging, is_plain, log_format
 from tests.api_helpers import SECRET_KEY, app, client, finished_import, login, shared_app  # noqa: F401  (module-wide app)
 from tests.conftest import TEST_MASTER_KEY
 
@@ -339,6 +339,23 @@ def test_a_log_line_has_the_request_id_user_and_route_and_no_id_number(app: Any,
     assert mistaken["request_id"] == "probe-42" and mistaken["route"] == ROUTE
     assert mistaken["message"] == "lookup of 110***********002X failed (mobile 138****8000)"
     assert ID_NUMBER not in err and MOBILE not in err and "19491231" not in err
+
+
+def test_only_lines_that_masking_would_leave_unchanged_skip_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """Access lines (method, route template, status) are checked once and then skip the masking
+    regex; a line holding anything shaped like an ID number or a mobile is never let through."""
+    assert is_plain("GET /api/v1/records/<entity>/<record_id> 200")
+    assert not is_plain(f"GET /x/{ID_NUMBER} 404") and not is_plain(f"GET /x/{MOBILE} 200")
+    capsys.readouterr()
+    for fmt in ("text", "json"):
+        configure_logging(fmt)
+        try:
+            message = f"GET /x/{MOBILE} 200"
+            logging.getLogger("fincrm.access").info("%s %s %s", "GET", f"/x/{MOBILE}", 200, extra={PLAIN: is_plain(message)})
+        finally:
+            configure_logging("json")
+        err = capsys.readouterr().err
+        assert "GET /x/138****8000 200" in err and MOBILE not in err
 
 
 def test_a_sane_request_id_is_kept_and_anything_else_replaced(client: Any) -> None:

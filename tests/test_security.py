@@ -487,6 +487,29 @@ def test_a_role_edit_takes_effect_on_the_next_request_and_is_audited(client: Any
     assert bad.status_code == 422 and len(bad.json["error"]["details"]) >= 3
 
 
+def test_a_role_edit_reaches_warm_readers_in_every_worker_on_their_next_request(app: Any, client: Any, login: Any, world: dict[str, Any]) -> None:
+    """Views, serialisation plans and statements are cached per policy version: a reader who
+    has just read, in this worker and in another, sees a role edit (and its undoing) on the
+    very next get and list."""
+    from tests.api_helpers import second_worker
+
+    admin, rm1 = login("admin"), login("rm1")
+    one, many = f"/api/v1/records/customer/{world['customers']['rm1']}", "/api/v1/records/customer"
+    doc = client.get("/api/v1/meta/roles/relationship_manager", headers=admin).json
+    hidden = {**doc, "fields": doc.get("fields", []) + [{"entity": "customer", "field": "email", "access": "hidden"}]}
+
+    def shown(c: Any) -> list[bool]:
+        return ["email" in c.get(one, headers=rm1).json, "email" in c.get(many, headers=rm1).json["items"][0]]
+
+    with second_worker(app) as other_app:
+        other = other_app.test_client()
+        assert shown(client) == shown(other) == [True, True]  # warm in both workers
+        assert client.put("/api/v1/meta/roles/relationship_manager", json=hidden, headers=admin).status_code == 200
+        assert shown(client) == shown(other) == [False, False]
+        assert client.put("/api/v1/meta/roles/relationship_manager", json=doc, headers=admin).status_code == 200
+        assert shown(other) == shown(client) == [True, True]
+
+
 # ------------------------------------------------------------------ masking
 
 
@@ -721,7 +744,32 @@ def test_login_is_rate_limited(tmp_path: Path, db_url: str) -> None:
     c = limited.test_client()
     codes = [c.post("/api/v1/security/login", json={"username": "nobody", "password": "x", "provider": "db"}).status_code for _ in range(12)]
     assert codes[:10] == [401] * 10 and codes[-1] == 429
+    # the record API is not limited: the limiter's hooks are wrapped to skip its requests
+    limiter = limited.appbuilder.sm.limiter
+    assert any(getattr(f, "__wrapped__", None) == limiter._check_request_limit for f in limited.before_request_funcs[None])
+    assert c.get("/api/v1/records/customer").status_code == 401  # answered by the API, not the limiter
     limited.extensions["fincrm"].runtime.dispose()
+
+
+def test_the_limiters_hooks_skip_one_blueprint_and_still_limit_the_rest() -> None:
+    """The record API has no limits: Flask-Limiter's hooks do not run for it at all (they
+    cost a tenth of a get-by-id), while every other route keeps its limits."""
+    from flask import Blueprint, Flask
+    from flask_limiter import Limiter
+    from flask_limiter.util import get_remote_address
+
+    from engine.web.security import skip_limiter_hooks
+
+    probe = Flask("probe")
+    limiter = Limiter(get_remote_address, app=probe, default_limits=["2 per minute"], storage_uri="memory://")
+    free = Blueprint("free", __name__)
+    free.add_url_rule("/free", "free", lambda: "ok")
+    probe.add_url_rule("/limited", "limited", lambda: "ok")
+    probe.register_blueprint(free)
+    assert skip_limiter_hooks(probe, limiter, "free") == 3  # before, after and teardown: all found
+    c = probe.test_client()
+    assert [c.get("/free").status_code for _ in range(4)] == [200] * 4
+    assert [c.get("/limited").status_code for _ in range(3)] == [200, 200, 429]
 
 
 @pytest.mark.parametrize("password,ok", [("short1A!", False), ("alllowercaseletters", False), ("Fincrm-2026-secure", True), ("longbutnodigits!!AA", True)])

@@ -77,6 +77,13 @@ def _object_body() -> dict[str, Any]:
     return data
 
 
+def _args() -> dict[str, str]:
+    """The query string's parameters (first value of each) as a plain dict: Werkzeug's
+    ``MultiDict.get`` raises and catches an HTTP exception for every absent key (~1.5 µs; a
+    list request asks for half a dozen that are usually absent)."""
+    return request.args.to_dict()
+
+
 def _int_arg(value: Any, name: str, default: int) -> int:
     if value is None or value == "":
         return default
@@ -132,7 +139,7 @@ def logout() -> Response:
 @api.get("/records/<entity>")
 @optimistic_read
 def list_records(entity: str) -> Response:
-    args = request.args
+    args = _args()
     page = services().records.list(
         current_principal(),
         entity,
@@ -186,7 +193,7 @@ def create_record(entity: str) -> Response:
 @api.get("/records/<entity>/<record_id>")
 @optimistic_read
 def get_record(entity: str, record_id: str) -> Response:
-    record = services().records.get(current_principal(), entity, record_id, fields=_fields_arg(request.args.get("fields")))
+    record = services().records.get(current_principal(), entity, record_id, fields=_fields_arg(_args().get("fields")))
     return _json(record, headers=_etag(record))
 
 

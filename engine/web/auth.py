@@ -186,6 +186,20 @@ def current_principal() -> Principal:
     # tokens and sessions from before a logout, disable or role change are dead
     if epoch != org.session_epoch:
         raise NotAuthenticated("this session has ended (logged out or account changed); log in again")
-    principal = replace(principal, ip=request.remote_addr)
+    principal = _addressed(principal, request.remote_addr)
     g.fincrm_principal = principal
     return principal
+
+
+def _addressed(principal: Principal, ip: str | None) -> Principal:
+    """``principal`` calling from ``ip``: one object per (principal, address), so a client's
+    requests share it and, with it, the views and statements the records service caches for it."""
+    cache = services().principal_cache
+    key = ("addressed", principal, ip)
+    found = cache.get(key)
+    if found is None:
+        found = replace(principal, ip=ip)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[key] = found
+    return found

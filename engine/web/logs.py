@@ -40,6 +40,8 @@ __all__ = [
     "TextFormatter",
     "FinCRMHandler",
     "redact",
+    "is_plain",
+    "PLAIN",
     "install_log_redaction",
     "configure_logging",
     "log_format",
@@ -111,12 +113,39 @@ def redact(text: str) -> str:
     return _NUMBER.sub(_masked, text) if text else text
 
 
+# A record carrying this attribute (true) was checked by its producer: redact() leaves its
+# rendered message unchanged, so the filter and formatters skip the regex.
+PLAIN = "fincrm_plain"
+_PLAIN_MESSAGES: dict[str, bool] = {}
+
+
+def is_plain(message: str) -> bool:
+    """Does :func:`redact` leave ``message`` as it is? Remembered per message, for producers
+    whose messages come from a small fixed set (an access line: method, route template,
+    status), never for messages that carry values."""
+    plain = _PLAIN_MESSAGES.get(message)
+    if plain is None:
+        plain = redact(message) == message
+        if len(_PLAIN_MESSAGES) >= 4096:
+            _PLAIN_MESSAGES.clear()
+        _PLAIN_MESSAGES[message] = plain
+    return plain
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, masked unless its producer checked it is plain."""
+    message = record.getMessage()
+    return message if getattr(record, PLAIN, False) else redact(message)
+
+
 class RedactValues(logging.Filter):
     """Masks ID numbers, mobiles and card numbers in a record's message and arguments: the
     message is rendered once, masked, and stored without arguments, so every handler after
-    this filter sees the masked text only."""
+    this filter sees the masked text only (a record marked :data:`PLAIN` has nothing to mask)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, PLAIN, False):
+            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a broken format string: logging reports it when it formats
@@ -197,7 +226,7 @@ class JsonFormatter(_Redacting):
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": _message(record),
             **_fields(record),
             "pid": record.process,
         }
@@ -218,7 +247,7 @@ class TextFormatter(_Redacting):
 
     def format(self, record: logging.LogRecord) -> str:
         record.fincrm_rid = getattr(record, "request_id", None) or "-"
-        record.msg, record.args = redact(record.getMessage()), None
+        record.msg, record.args = _message(record), None
         return super().format(record)
 
 

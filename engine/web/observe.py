@@ -34,7 +34,7 @@ from .. import metrics
 from ..flows.jobs import JOBS
 from ..runtime import Runtime
 from .errors import error_response
-from .logs import configure_logging, install_log_redaction, log_format, request_user, sane_request_id
+from .logs import PLAIN, configure_logging, install_log_redaction, is_plain, log_format, request_user, sane_request_id
 
 __all__ = ["register_observability", "observe", "CHECK_TIMEOUT", "QUIET_ROUTES"]
 
@@ -310,6 +310,8 @@ def _finish(resp: Response) -> Response:
             extra={
                 "request_id": request_id, "user": request_user(), "route": shown, "method": method,
                 "status": status, "duration_ms": round(seconds * 1000, 1),
+                # a method, a URL rule template and a status: masking is checked once per line
+                PLAIN: is_plain(f"{method} {shown} {status}"),
             },
         )
     return resp
