@@ -362,3 +362,32 @@ def test_mobile_range_check_agrees_with_phonenumbers_full_parse() -> None:
     for _ in range(5000):
         text = "1" + str(rng.randrange(3, 10)) + f"{rng.randrange(10**9):09d}"
         assert _mobile_range_assigned(text) == full(text), text
+
+
+def test_reads_by_id_use_a_pool_that_keeps_generic_plans_and_lists_plan_with_the_values(runtime: Runtime, records: RecordService) -> None:
+    """PostgreSQL: pages plan with their actual values (a generic plan of a keyset page can scan
+    the table); a read by primary key may settle on its generic plan. SQLite: one pool."""
+    system = Principal.system("test")
+    rid = records.create(system, "branch", {"code": "P1", "name": "总行"})["id"]
+    calls: list[Any] = []
+    original = type(runtime).point_reads
+
+    def spy(self: Any) -> Any:
+        engine = original.fget(self)  # type: ignore[attr-defined]
+        calls.append(engine)
+        return engine
+
+    try:
+        type(runtime).point_reads = property(spy)  # type: ignore[method-assign,assignment]
+        assert records.get(system, "branch", rid)["code"] == "P1"
+    finally:
+        type(runtime).point_reads = original  # type: ignore[method-assign]
+    assert calls == [runtime.point_engine]
+    if runtime.dialect != "postgresql":
+        assert runtime.point_engine is runtime.primary_engine
+        return
+    with runtime.point_engine.connect() as conn:
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "auto"
+    with runtime.primary_engine.connect() as conn:
+        assert conn.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+    assert runtime.point_engine in runtime.engines()

@@ -538,7 +538,7 @@ class RecordService:
         if stmt is None:
             stmt = select(*self._select_columns(v, out_fields), *stamps).where(v.table.c.id == bindparam("fincrm_rid"), v.scope())
             self._remember(key, stmt)
-        with self.runtime.engine.connect() as conn:
+        with self.runtime.point_reads.connect() as conn:
             row = conn.execute(stmt, {"fincrm_rid": rid}).first()
         if row is None:
             raise NotFound(f"{entity} {rid} not found")
