@@ -358,8 +358,9 @@ class Runtime:
 
     @property
     def point_reads(self) -> Engine:
-        """The engine for reading one record by its primary key: ``engine``, but on the primary
-        its pool for such reads (``point_engine``)."""
+        """The engine for reads whose plan does not hinge on their values (a record by its
+        primary key, the first page of a list): ``engine``, but on the primary its pool that
+        keeps PostgreSQL's default plan choice (``point_engine``)."""
         engine = self.engine
         return self.point_engine if engine is self.primary_engine else engine
 

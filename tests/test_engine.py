@@ -364,9 +364,10 @@ def test_mobile_range_check_agrees_with_phonenumbers_full_parse() -> None:
         assert _mobile_range_assigned(text) == full(text), text
 
 
-def test_reads_by_id_use_a_pool_that_keeps_generic_plans_and_lists_plan_with_the_values(runtime: Runtime, records: RecordService) -> None:
-    """PostgreSQL: pages plan with their actual values (a generic plan of a keyset page can scan
-    the table); a read by primary key may settle on its generic plan. SQLite: one pool."""
+def test_reads_by_id_and_first_pages_use_a_pool_that_keeps_generic_plans_keyset_pages_plan_with_the_values(runtime: Runtime, records: RecordService) -> None:
+    """PostgreSQL: keyset pages plan with their actual values (a generic plan of `aum <= $1 …`
+    can scan the table); a read by primary key or a first page may settle on its generic plan.
+    SQLite: one pool."""
     system = Principal.system("test")
     rid = records.create(system, "branch", {"code": "P1", "name": "总行"})["id"]
     calls: list[Any] = []
@@ -377,12 +378,15 @@ def test_reads_by_id_use_a_pool_that_keeps_generic_plans_and_lists_plan_with_the
         calls.append(engine)
         return engine
 
+    records.create(system, "branch", {"code": "P2", "name": "分行"})
     try:
         type(runtime).point_reads = property(spy)  # type: ignore[method-assign,assignment]
         assert records.get(system, "branch", rid)["code"] == "P1"
+        first = records.list(system, "branch", limit=1, sort="code")
+        assert records.list(system, "branch", limit=1, sort="code", cursor=first.next_cursor).items[0]["code"] == "P2"
     finally:
         type(runtime).point_reads = original  # type: ignore[method-assign]
-    assert calls == [runtime.point_engine]
+    assert calls == [runtime.point_engine, runtime.point_engine]  # the get and the first page, not the second
     if runtime.dialect != "postgresql":
         assert runtime.point_engine is runtime.primary_engine
         return

@@ -458,7 +458,9 @@ class RecordService:
             stmt = stmt.order_by(*order_by(v.table, keys)).limit(limit + 1)
             if ckey is not None:
                 self._remember(ckey, stmt)
-        with self.runtime.engine.connect() as conn:
+        # a first page may settle on a generic plan like a read by id; a keyset page's bounds
+        # (aum <= $1 …) need a plan made with their values
+        with (self.runtime.engine if cursor else self.runtime.point_reads).connect() as conn:
             rows = conn.execute(stmt).all()
             count = capped = None
             if with_count:
