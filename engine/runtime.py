@@ -271,16 +271,14 @@ class Runtime:
             self.primary_engine = make_engine(self.url)
             self.write_engine = make_engine(self.url, immediate=True, pool_size=5)
         else:
-            # autocommit reads leave no transaction to roll back when a connection goes back to
-            # the pool: no reset on return (SQLAlchemy's bookkeeping was 2-3% of a list page)
-            self.primary_engine = make_engine(self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+            self.primary_engine = make_engine(self.url, isolation_level="AUTOCOMMIT")
             self.write_engine = make_engine(self.url, pool_size=5, max_overflow=10)
         # Reads of one record by its id: on PostgreSQL a pool whose sessions keep the default
         # plan choice, so the prepared statement settles on its generic plan (an index lookup
         # by primary key whatever the id) instead of being planned again on every call: the
         # server's CPU for a get-by-id measured 107-130 µs with custom plans, 43-50 µs without.
         self.point_engine = (
-            make_engine(self.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, custom_plans=False, pool_size=5, max_overflow=10)
+            make_engine(self.url, isolation_level="AUTOCOMMIT", custom_plans=False, pool_size=5, max_overflow=10)
             if self.url.startswith("postgresql") else self.primary_engine
         )
         self.ids = IdAllocator(self.write_engine)
