@@ -833,13 +833,10 @@ class Importer:
         # object, so the insert serialises it once per batch (see ``_bound``)
         known = plan.key.name if plan.key is not None and plan.key.encrypted else None
         empty: dict[str, Any] = {}
-        stamps = {"version": 1, "created_at": now, "updated_at": now, "created_by": user, "updated_by": user}
+        stamps = _stamps(now, user)
         for rid, row in zip(ids, rows):
             values = self.records._row_values(v, rid, row.values, None, {known: row.key} if known and row.key else None)
-            if not values.get("ext", True):
-                values["ext"] = empty
-            values.update(stamps, id=rid)
-            row.record, row.rid = values, rid
+            row.record, row.rid = _stamped(values, rid, stamps, empty), rid
 
     def _commit(self, plan: _Plan, job: Any, options: ImportOptions, rows: list[_Row], raw_count: int, state: "_State", outer: Connection | None) -> None:
         """Write a prepared batch in one transaction (a savepoint of ``outer``) with its errors
@@ -963,7 +960,6 @@ class Importer:
     def _match(self, plan: _Plan, options: ImportOptions, rows: list[_Row], seen: dict[Any, int]) -> None:
         """Within-file and database duplicates of the key, then the other unique fields."""
         key = plan.key
-        index = self.records.blind_index_for(plan.view.spec)
         key_header = plan.key_column.header if plan.key_column else None
 
         def key_cell(row: _Row) -> tuple[str | None, str | None]:
@@ -978,7 +974,7 @@ class Importer:
                 row.key = row.cells.get("id")
             else:
                 value = row.values.get(key.name)
-                row.key = None if value is None else (index(key, value) if key.encrypted else FIELD_TYPES[key.type].dump(value))
+                row.key = None if value is None else _row_key(key, plan.view.spec.name, self.runtime.keyring, value)
             if row.key is None:
                 if options.mode == "upsert" and key is None:
                     row.errors.append((key_header or "id", None, "the key is empty"))
@@ -1464,7 +1460,7 @@ def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.date
     r: _Recipe = _WORKER["recipe"]
     key = r.key
     rows = _parse_batch(r.columns, r.users, raw, _WORKER["memo"])
-    stamps = {"version": 1, "created_at": now, "updated_at": now, "created_by": r.user_id, "updated_by": r.user_id}
+    stamps = _stamps(now, r.user_id)
     empty: dict[str, Any] = {}
     out: list[tuple[Any, ...]] = []
     records: list[dict[str, Any]] = []
@@ -1476,9 +1472,7 @@ def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.date
             out.append((None, None, (), None, None))
             continue
         value = row.values.get(key.name) if key is not None else None
-        row_key = None
-        if key is not None and value is not None:
-            row_key = r.keyring.blind_index(f"{r.entity}.{key.name}", str(value)) if key.encrypted else FIELD_TYPES[key.type].dump(value)
+        row_key = None if key is None or value is None else _row_key(key, r.entity, r.keyring, value)
         errors = []
         for name, fill in r.fills:
             if name in row.values:
@@ -1492,15 +1486,30 @@ def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.date
             out.append((row_key, key_cell, tuple(errors), None, None))
             continue
         known = {key.name: row_key} if key is not None and key.encrypted and row_key else None
-        values = stored_values(r.fields.get, r.entity, r.table.name, r.keyring, rid, row.values, None, known)
-        if not values.get("ext", True):
-            values["ext"] = empty
-        values.update(stamps, id=rid)
-        records.append(values)
+        records.append(_stamped(stored_values(r.fields.get, r.entity, r.table.name, r.keyring, rid, row.values, None, known), rid, stamps, empty))
         refs = {name: row.values[name] for name in r.refs if row.values.get(name) is not None}
         out.append((row_key, key_cell, (), len(records) - 1, refs))
     bound = _bind_rows(_WORKER["processors"], r.order, records)
     return [(k, cell, errors, None if i is None else bound[i], refs) for k, cell, errors, i, refs in out]
+
+
+def _row_key(key: FieldSpec, entity: str, keyring: Keyring, value: Any) -> Any:
+    """What rows are matched on: the key's blind index (as the records service computes it,
+    ``blind_index_for``) when it is encrypted, else its dumped value."""
+    return keyring.blind_index(f"{entity}.{key.name}", str(value)) if key.encrypted else FIELD_TYPES[key.type].dump(value)
+
+
+def _stamps(now: dt.datetime, user: int | None) -> dict[str, Any]:
+    return {"version": 1, "created_at": now, "updated_at": now, "created_by": user, "updated_by": user}
+
+
+def _stamped(values: dict[str, Any], rid: int, stamps: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
+    """A new row's stored values with its id and the batch's stamps; an empty ``ext`` becomes
+    the batch's one shared object, so the insert serialises it once (see ``_bound``)."""
+    if not values.get("ext", True):
+        values["ext"] = empty
+    values.update(stamps, id=rid)
+    return values
 
 
 def _processors(t: Table, dialect: Any, order: list[str]) -> list[Callable[[Any], Any] | None]:
