@@ -488,3 +488,180 @@ def test_a_batch_on_sqlite_checkpoints_less_often_and_gives_its_connection_back_
         raw = conn.connection.dbapi_connection
         assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == _CHECKPOINT_PAGES
     assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+
+def test_a_clean_insert_looks_no_key_up_until_the_database_refuses_one(app: Any, client: Any, login: Any, monkeypatch: Any) -> None:
+    """Inserting by a key with a unique constraint, rows go in without a lookup first; the batch
+    the constraint refuses is redone after the lookup, and every later batch looks its keys up
+    before it is written. The outcome is the one the lookup gives."""
+    from engine.io.importer import Importer
+
+    admin = login("admin")
+    p = _people(9, seed=131)
+    finished_import(client, admin, _upload(client, admin, _csv([_row(p[4])])))  # stored before
+    looked_up: list[int] = []
+    original = Importer._existing
+
+    def spy(self: Any, plan: Any, keys: list[Any]) -> Any:
+        looked_up.append(len(keys))
+        return original(self, plan, keys)
+
+    monkeypatch.setattr(Importer, "_existing", spy)
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in p[:3]]), batch_size=3))
+    assert job["counts"] == {"rows": 3, "inserted": 3, "updated": 0, "skipped": 0, "errors": 0}, job
+    assert looked_up == []
+    # batches (p3, p4, p5) and (p6, p7, p8): p4 is already stored
+    rows = [_row(x) for x in p[3:]]
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows), batch_size=3, dedupe="skip"))
+    assert job["counts"] == {"rows": 6, "inserted": 5, "updated": 0, "skipped": 1, "errors": 0}, job
+    # the refused batch; then the next one before its write, unless it was prepared while the
+    # first was written (PostgreSQL writes in another thread)
+    assert looked_up in ([3, 3], [3])
+    assert sorted(c["id_number"] for c in _clear(app)) == sorted(x["id"] for x in p)
+    looked_up.clear()
+    job = finished_import(client, admin, _upload(client, admin, _csv(rows), batch_size=3, dedupe="error"))
+    assert job["counts"] == {"rows": 6, "inserted": 0, "updated": 0, "skipped": 0, "errors": 6}, job
+    assert {e[3] for e in _errors(client, admin, job)} == {"already exists"}
+    assert looked_up == [3, 3]  # a batch prepared without a lookup is looked up once refused
+    assert len(_clear(app)) == 9
+
+
+def test_a_key_held_by_a_merged_or_retained_record_is_a_row_error_not_a_failed_job(app: Any, client: Any, login: Any) -> None:
+    """A record merged away (or kept for its retention period after a delete) is hidden but
+    still holds its key in the unique index: a row with that key is told so, in either mode,
+    and the rest of the file is imported."""
+    from sqlalchemy import update
+
+    admin = login("admin")
+    p = _people(3, seed=141)
+    finished_import(client, admin, _upload(client, admin, _csv([_row(p[0])])))
+    runtime = app.extensions["fincrm"].runtime
+    table = runtime.cached_snapshot().tables["customer"]
+    with runtime.begin() as conn:  # what a merge does to the records it merges away
+        conn.execute(update(table).values(retained_at=dt.datetime(2026, 1, 1)))
+    for mode, other in (("insert", p[1]), ("upsert", p[2])):
+        job = finished_import(client, admin, _upload(client, admin, _csv([_row(p[0]), _row(other)]), mode=mode))
+        assert job["status"] == "done", job
+        assert job["counts"] == {"rows": 2, "inserted": 1, "updated": 0, "skipped": 0, "errors": 1}, job
+        assert [(e[0], e[1], e[3]) for e in _errors(client, admin, job)] == [("2", "身份证号", "is already used by a deleted or merged record")]
+    assert sorted(c["name"] for c in _clear(app)) == sorted([p[1]["name"], p[2]["name"]])
+
+
+@pytest.mark.parametrize("import_mode", ["workers"], indirect=True)
+def test_batches_a_worker_has_not_taken_are_built_by_the_job_process(app: Any, client: Any, login: Any, monkeypatch: Any) -> None:
+    """The job's process builds the first batch itself and, whenever the next batch is not back,
+    a queued one no worker has taken: with a pool whose worker never takes anything the import
+    still finishes, every batch built by the job's process, as an inline run stores them."""
+    from concurrent.futures import Future
+
+    import engine.io.importer as importer_module
+    from tests.api_helpers import wipe_records
+
+    class IdlePool:
+        submitted = 0
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+            IdlePool.submitted += 1
+            return Future()  # pending for ever unless cancelled
+
+        def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+            pass
+
+    admin = login("admin")
+    p = _people(7, seed=151)
+    rows = [_row(x) for x in p]
+    rows[2][4] = "12345"  # a bad mobile number
+    outcome = []
+    for pool in ("inline", "idle"):
+        wipe_records(app)
+        if pool == "idle":
+            monkeypatch.setattr(importer_module, "ProcessPoolExecutor", IdlePool)
+        else:
+            monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "0")
+        job = finished_import(client, admin, _upload(client, admin, _csv(rows), batch_size=2))
+        monkeypatch.setenv("FINCRM_IMPORT_WORKERS", "1")
+        records = sorted(({k: v for k, v in c.items() if k not in ("id", "created_at", "updated_at")} for c in _clear(app)), key=lambda c: c["name"])
+        outcome.append((job["status"], job["counts"], _errors(client, admin, job), records))
+    assert IdlePool.submitted == 3  # batches 2-4 went to the pool; batch 1 was built here
+    assert outcome[0] == outcome[1]
+    assert outcome[1][1] == {"rows": 7, "inserted": 6, "updated": 0, "skipped": 0, "errors": 1}
+
+
+@pytest.mark.parametrize("import_mode", ["inline"], indirect=True)
+def test_ids_for_a_run_are_reserved_at_once_not_per_batch(app: Any, client: Any, login: Any, monkeypatch: Any) -> None:
+    from engine.store.ids import IdAllocator
+
+    allocator = IdAllocator(app.extensions["fincrm"].runtime.write_engine)
+    reserved: list[int] = []
+    original = allocator._reserve
+
+    def spy(name: str, count: int) -> int:
+        reserved.append(count)
+        return original(name, count)
+
+    monkeypatch.setattr(allocator, "_reserve", spy)
+    first = allocator.take("import_ids_test", 2, ahead=7)
+    rest = [allocator.take("import_ids_test", 2) for _ in range(3)]
+    assert reserved == [1000]  # a block covers the seven
+    assert first + [i for r in rest for i in r] == list(range(first[0], first[0] + 8))
+    reserved.clear()
+    allocator.take("import_ids_test_big", 3, ahead=5000)
+    for _ in range(13):  # 5,203 in all
+        allocator.take("import_ids_test_big", 400)
+    assert reserved == [5000, 1000]  # the run's 5,000 at once; past them, blocks as usual
+
+    # the importer asks for the rest of its file with each reservation
+    asked: list[int] = []
+    runtime_ids = app.extensions["fincrm"].runtime.ids
+    take = runtime_ids.take
+
+    def take_spy(name: str, n: int = 1, *, ahead: int = 0) -> list[int]:
+        if name == "customer":
+            asked.append(ahead)
+        return take(name, n, ahead=ahead)
+
+    monkeypatch.setattr(runtime_ids, "take", take_spy)
+    admin = login("admin")
+    job = finished_import(client, admin, _upload(client, admin, _csv([_row(x) for x in _people(5, seed=161)]), batch_size=2))
+    assert job["counts"]["inserted"] == 5
+    assert asked == [5, 3, 1]
+
+
+def test_csv_rows_are_counted_by_lines_as_the_reader_counts_them(tmp_path: Any) -> None:
+    """The line count of a file without quotes agrees with the CSV reader's, whatever its blank
+    rows, line ends and chunk boundaries; a file the reader must judge is left to it."""
+    import csv as csv_module
+    from pathlib import Path
+
+    from engine.io.sources import _count_lines, open_source
+
+    def by_reader(text: str, delimiter: str) -> int:
+        return sum(1 for cells in csv_module.reader(io.StringIO(text, newline=""), delimiter=delimiter) if "".join(cells).strip())
+
+    class Chunks(io.StringIO):
+        def read(self, size: int | None = -1) -> str:
+            return super().read(5)
+
+    rng = random.Random(3)
+    pieces = ["a", "b,c", "", ",", " , ", "\t", "中文", "x y", " lead", ",lead", "\xa0", "\u3000", "\x1c", "a\rb", "\r", 'q"x', "\x00"]
+    counted = 0
+    for _ in range(3000):
+        end = rng.choice(["\n", "\r\n", "\r"])
+        text = end.join(rng.choice(pieces) for _ in range(rng.randint(0, 12))) + rng.choice(["", end])
+        delimiter = rng.choice([",", ";", "\t", "|"])
+        for reader in (io.StringIO, Chunks):
+            got = _count_lines(reader(text, newline=""), delimiter)
+            if got is not None:
+                counted += 1
+                assert got == by_reader(text, delimiter), (text, delimiter)
+    assert counted > 1000
+    assert _count_lines(io.StringIO('a,"b\nc"\n', newline=""), ",") is None
+    quoted = Path(tmp_path) / "quoted.csv"
+    quoted.write_bytes(_csv([["x", "y\nz", "", "", "", "", "1"], ["", "", "", "", "", "", ""]]))
+    assert open_source(quoted).count() == 1  # one row holding a line break; a blank row
+    crlf = Path(tmp_path) / "crlf.csv"
+    crlf.write_bytes("姓名,性别\r\n张三,男\r\n,\r\n\r\n李四,女\r\n".encode("gbk"))
+    assert open_source(crlf).count() == 2

@@ -24,13 +24,15 @@ class IdAllocator:
         self._lock = threading.Lock()
         self._ranges: dict[str, tuple[int, int]] = {}  # name -> (next, end exclusive)
 
-    def take(self, name: str, n: int = 1) -> list[int]:
+    def take(self, name: str, n: int = 1, *, ahead: int = 0) -> list[int]:
+        """``n`` ids; a reservation this needs covers at least ``ahead`` ids (a bulk load passes the
+        rows it has still to come: one short transaction for the run, not one per batch)."""
         out: list[int] = []
         with self._lock:
             while len(out) < n:
                 nxt, end = self._ranges.get(name, (0, 0))
                 if nxt >= end:
-                    want = max(self.block, n - len(out))
+                    want = max(self.block, n - len(out), ahead)
                     end = self._reserve(name, want)
                     nxt = end - want
                 k = min(end - nxt, n - len(out))
