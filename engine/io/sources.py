@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import re
 import datetime as dt
 import unicodedata
 from collections.abc import Iterator
@@ -65,10 +66,15 @@ class Source:
                 yield number, cells
 
     def count(self) -> int:
-        if self.format == "csv":  # the header is the first non-empty row: the others follow it
-            with self._csv() as reader:
-                return sum(1 for cells in reader if "".join(cells).strip()) - 1
-        return sum(1 for _ in self.rows())
+        """The number of rows ``rows`` yields (see ``_count_lines`` for most CSV files)."""
+        if self.format != "csv":
+            return sum(1 for _ in self.rows())
+        with open(self.path, encoding=self.encoding, newline="") as fh:
+            lines = _count_lines(fh, self.delimiter)
+        if lines is not None:
+            return lines - 1  # the header is the first non-empty row: the others follow it
+        with self._csv() as reader:
+            return sum(1 for cells in reader if "".join(cells).strip()) - 1
 
     def _raw_rows(self) -> Iterator[tuple[int, list[Any]]]:
         if self.format == "xlsx":
@@ -86,6 +92,35 @@ class Source:
                 yield reader
             except csv.Error as exc:
                 raise _file_error(f"row {reader.line_num + 1}: the file is not valid CSV ({exc})") from None
+
+
+def _count_lines(fh: Any, delimiter: str) -> int | None:
+    """The non-blank rows of a CSV text without quote characters (what most exports write),
+    counted by its lines in a fraction of the time the CSV reader takes; ``None`` for a text
+    with a quote (a quoted cell may hold a line break), a lone carriage return or a NUL (the
+    reader's own error), which the reader counts. A row is blank when only delimiters and
+    white space remain, as ``Source.rows`` judges it: only a line starting with one of those
+    can be, and only those lines are looked at."""
+    edge = re.compile(rf"\n(?=[\s{re.escape(delimiter)}])")  # a line starting so (its \n before it)
+    rows = 0
+    tail = "\n"  # as if a line ended before the first
+    while chunk := fh.read(1 << 20):
+        text = tail + chunk
+        if '"' in text or "\x00" in text:
+            return None
+        crs = text.count("\r")
+        if crs and crs != text.count("\r\n") + text.endswith("\r"):  # a lone CR ends a line for the reader
+            return None
+        cut = text.rfind("\n")  # the lines that end before it are complete; it starts the tail
+        rows += text.count("\n", 0, cut)
+        for m in edge.finditer(text, 0, cut + 1):
+            start = m.start() + 1
+            line = text[start : text.index("\n", start)]
+            rows -= not line.replace(delimiter, "").strip()
+        text, tail = "", text[cut:]
+    if tail.endswith("\r"):
+        return None  # a lone CR at the very end
+    return rows + bool(tail.replace(delimiter, "").strip())
 
 
 def _xlsx_rows(path: Path) -> Iterator[tuple[int, list[Any]]]:
