@@ -477,17 +477,67 @@ def test_a_job_collects_garbage_less_often_and_puts_the_thresholds_back() -> Non
 
 
 @pytest.mark.parametrize("import_mode", ["inline"], indirect=True)
-def test_a_batch_on_sqlite_checkpoints_less_often_and_gives_its_connection_back_as_it_was(app: Any) -> None:
-    from engine.io.importer import _CHECKPOINT_PAGES, Importer
+def test_sqlite_batches_commit_in_order_checkpoint_less_often_and_give_the_connection_back(app: Any, monkeypatch: Any) -> None:
+    """A job's SQLite batches: each commit is made by another thread, the next transaction
+    begins once it is done; the log is checkpointed less often while the job runs and the
+    connection gets its own setting back; a commit that fails is raised to the job, with
+    nothing of its batch kept."""
+    import threading
 
-    ext = app.extensions["fincrm"]
-    if ext.runtime.dialect != "sqlite":
+    from sqlalchemy import Column, Integer, MetaData, Table, func, select
+    from sqlalchemy.engine.base import RootTransaction
+
+    from engine.io.importer import _CHECKPOINT_PAGES, _SqliteBatches
+
+    runtime = app.extensions["fincrm"].runtime
+    if runtime.dialect != "sqlite":
         pytest.skip("a SQLite setting")
-    importer = Importer(ext.records, app.config["FINCRM_SETTINGS"].data_dir)
-    with importer._batch_transaction() as conn:
-        raw = conn.connection.dbapi_connection
-        assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == _CHECKPOINT_PAGES
+    scratch = Table("t_batch_probe", MetaData(), Column("n", Integer))
+    with runtime.begin() as conn:
+        scratch.create(conn, checkfirst=True)
+
+    def probes() -> int:
+        with runtime.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(scratch)).scalar_one())
+
+    def probe(conn: Any, n: int) -> None:
+        conn.execute(scratch.insert().values(n=n))
+
+    committed_by: list[int] = []
+    commit = RootTransaction.commit
+
+    def watched(self: Any) -> None:
+        committed_by.append(threading.get_ident())
+        commit(self)
+
+    monkeypatch.setattr(RootTransaction, "commit", watched)
+    before = probes()
+    batches = _SqliteBatches(runtime.write_engine)
+    raw = batches.conn.connection.dbapi_connection
+    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == _CHECKPOINT_PAGES
+    for n in (1, 2, 3):
+        with batches.transaction() as conn:
+            probe(conn, n)
+    batches.close()
+    assert probes() == before + 3
+    assert committed_by and threading.get_ident() not in committed_by
     assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+    def fails(self: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RootTransaction, "commit", fails)
+    batches = _SqliteBatches(runtime.write_engine)
+    with batches.transaction() as conn:
+        probe(conn, 4)
+    with pytest.raises(OSError, match="disk full"):
+        batches.close()
+    monkeypatch.undo()
+    assert probes() == before + 3
+    with runtime.write_engine.connect() as conn:  # the connection went back to the pool usable
+        assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+    with runtime.begin() as conn:
+        scratch.drop(conn)
 
 
 def test_a_clean_insert_looks_no_key_up_until_the_database_refuses_one(app: Any, client: Any, login: Any, monkeypatch: Any) -> None:
@@ -665,3 +715,46 @@ def test_csv_rows_are_counted_by_lines_as_the_reader_counts_them(tmp_path: Any) 
     crlf = Path(tmp_path) / "crlf.csv"
     crlf.write_bytes("姓名,性别\r\n张三,男\r\n,\r\n\r\n李四,女\r\n".encode("gbk"))
     assert open_source(crlf).count() == 2
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 20])
+def test_line_batches_give_the_rows_the_reader_gives(tmp_path: Any, monkeypatch: Any, chunk: int) -> None:
+    """A plain CSV text's lines, as import workers get them (``Source.line_batches`` split by
+    ``split_lines``), are the rows ``Source.rows`` reads, with the same numbers, whatever the
+    blank lines, line ends, encodings, batch sizes, rows skipped (a resumed job) and chunk
+    boundaries; the first lines of a batch are rows, each batch holds at most ``size`` rows."""
+    from pathlib import Path
+
+    from engine.errors import BadRequest
+    from engine.io import sources
+    from engine.io.sources import open_source, split_lines
+
+    monkeypatch.setattr(sources, "_CHUNK", chunk)
+    rng = random.Random(5)
+    pieces = ["a", "b,c", "", ",", " , ", "\t", "中文", "x y", " lead", ",lead;x", "\xa0", "\u3000", "\x1c", "甲|乙|丙", "1;2;3"]
+    compared = 0
+    for trial in range(1500):
+        end = rng.choice(["\n", "\r\n"])
+        lines = [rng.choice(["", " ", "\u3000"]) for _ in range(rng.randint(0, 2))] + ["名,b;c|d\te"]
+        lines += [rng.choice(pieces) for _ in range(rng.randint(0, 25))]
+        text = end.join(lines) + rng.choice(["", end, end + end, " "])
+        path = Path(tmp_path) / f"{trial}.csv"
+        path.write_bytes(text.encode(rng.choice(["utf-8", "utf-8-sig", "gb18030"])))
+        try:
+            src = open_source(path)
+        except BadRequest:
+            continue
+        total = src.count()
+        if not src.plain:
+            continue
+        rows = list(src.rows())
+        assert total == len(rows)
+        size, skip = rng.randint(1, 6), rng.randint(0, 4)
+        got: list[tuple[int, list[Any]]] = []
+        for first, batch in src.line_batches(size, skip):
+            split = split_lines(first, batch, src.delimiter)
+            assert 1 <= len(split) <= size and split[0][0] == first
+            got += split
+        assert got == rows[skip:], (text, size, skip)
+        compared += 1
+    assert compared > 1000

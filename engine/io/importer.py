@@ -53,7 +53,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -99,7 +99,7 @@ from ..store.query import field_expr
 from ..store.sets import member_of
 from ..store.tables import system_metadata
 from .export import neutralise
-from .sources import MAX_CELL, Source, header_text, open_source
+from .sources import MAX_CELL, Source, header_text, open_source, split_lines
 
 __all__ = [
     "Importer",
@@ -248,6 +248,8 @@ class _Plan:
     order: list[str] = field(default_factory=list)  # stored columns of worker-built rows, as sent
     # the run only inserts and its key has a unique constraint: see ``Importer._optimistic``
     optimistic: bool = False
+    rule_check: Callable[[Connection, list[int]], dict[int, list[dict[str, str]]]] | None = None  # see ``_rule_checker``
+    delimiter: str = ","  # the CSV file's, for its lines (``_Row.source``)
 
 
 @dataclass(slots=True)
@@ -264,7 +266,8 @@ class _Row:
     record: dict[str, Any] | tuple[Any, ...] | None = None
     rid: int | None = None
     keyed: bool = False  # ``key`` was computed by the worker that built the row
-    source: list[Any] | None = None  # a worker-built row's cells as read (its values, for the preview)
+    # a worker-built row's cells as read, or its line (``Source.line_batches``): its values, for the preview
+    source: list[Any] | str | None = None
     errors: list[tuple[str | None, Any, str]] = field(default_factory=list)  # (header, raw, message)
 
 
@@ -280,6 +283,7 @@ class _State:
     rows_done: int = 0
     rows_ahead: int = 0  # rows of the file not yet given ids: see ``Importer._ids``
     look_up: bool = False  # keys are looked up before writing (set once the constraint refused one)
+    batches: "_SqliteBatches | None" = None  # SQLite: the job's write connection
 
 
 class _Title(str):
@@ -601,6 +605,7 @@ class Importer:
         plan.defaults = {f.name: FIELD_TYPES[f.type].normalize(f.default, f) for f in v.spec.live_fields if f.default is not None}
         plan.headers = {c.field.name: c.header for c in columns if c.field is not None}
         plan.optimistic = self._optimistic(plan, options)
+        plan.rule_check = _rule_checker(v, self.runtime.dialect)
         atomic = options.on_error == "abort"
         done = 0 if atomic else int(job.rows_done)  # a one-transaction run starts again from the top
         state = _State(
@@ -612,13 +617,13 @@ class Importer:
                 conn.execute(delete(import_error_table).where(import_error_table.c.job_id == job.id))
                 conn.execute(update(import_job_table).where(import_job_table.c.id == job.id).values(rows_done=0, preview=None))
             state.seq = 0
-        batches = _batches(src.rows(), done, options.batch_size)
+        plan.delimiter = src.delimiter
         if not atomic:
-            self._pipeline(plan, job, options, batches, state, None, progress, total)
+            self._pipeline(plan, job, options, src, done, state, None, progress, total)
             return state.counts
         try:
             with self.runtime.begin() as conn:  # the whole file: all rows or none
-                self._pipeline(plan, job, options, batches, state, conn, progress, total)
+                self._pipeline(plan, job, options, src, done, state, conn, progress, total)
                 if state.counts["errors"] or options.dry_run:
                     raise _Abort()
         except _Abort:
@@ -639,7 +644,8 @@ class Importer:
         plan: _Plan,
         job: Any,
         options: ImportOptions,
-        batches: Iterator[list[tuple[int, list[Any]]]],
+        src: Source,
+        done: int,
         state: "_State",
         outer: Connection | None,
         progress: Callable[[int, int | None], None] | None,
@@ -696,18 +702,25 @@ class Importer:
         if threaded:
             sys.setswitchinterval(min(interval, 0.0001))
             thread.start()
+        elif outer is None and self.runtime.dialect == "sqlite":
+            state.batches = _SqliteBatches(self.runtime.write_engine)
         try:
             state.rows_ahead = total - state.rows_done
-            parsed = self._built(plan, recipe, batches, pool, workers, state) if recipe is not None and pool is not None else self._parsed(plan, batches, pool, workers)
-            for raw, rows in parsed:
+            if recipe is not None and pool is not None:
+                # a plain CSV text goes to the workers as its lines, which they split themselves
+                batches: Iterator[_Batch] = (_Lines(*b) for b in src.line_batches(options.batch_size, done)) if src.plain else _batches(src.rows(), done, options.batch_size)
+                parsed = self._built(plan, recipe, batches, pool, workers, state)
+            else:
+                parsed = self._parsed(plan, _batches(src.rows(), done, options.batch_size), pool, workers)
+            for raw_count, rows in parsed:
                 if failure:
                     break
                 looked_up = state.look_up or not plan.optimistic
                 prepared = self._prepare(plan, options, rows, state, _early(options, outer), looked_up)
                 if threaded:
-                    inbox.put((prepared, len(raw), looked_up))
+                    inbox.put((prepared, raw_count, looked_up))
                 else:
-                    write(prepared, len(raw), looked_up)
+                    write(prepared, raw_count, looked_up)
         finally:
             if threaded:
                 inbox.put(None)
@@ -715,6 +728,9 @@ class Importer:
             sys.setswitchinterval(interval)
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            if state.batches is not None:
+                writes, state.batches = state.batches, None
+                writes.close()  # the last batch's commit: a failure is the job's
             if self.runtime.dialect == "sqlite" and outer is None:  # what the batches' commits left in the log
                 with self.runtime.write_engine.connect() as conn:
                     conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
@@ -723,21 +739,21 @@ class Importer:
 
     def _parsed(
         self, plan: _Plan, batches: Iterator[list[tuple[int, list[Any]]]], pool: ProcessPoolExecutor | None, workers: int
-    ) -> Iterator[tuple[list[tuple[int, list[Any]]], list[_Row]]]:
-        """(raw batch, parsed rows) in file order; with a pool, a few batches parse ahead."""
+    ) -> Iterator[tuple[int, list[_Row]]]:
+        """(rows of the file read, parsed rows) in file order; with a pool, a few batches parse ahead."""
         if pool is None:
             for raw in batches:
-                yield raw, _parse_batch(plan.columns, plan.users, raw, plan.memo)
+                yield len(raw), _parse_batch(plan.columns, plan.users, raw, plan.memo)
             return
         ahead: collections.deque[tuple[list[tuple[int, list[Any]]], Future[list[_Row]]]] = collections.deque()
         for raw in batches:
             ahead.append((raw, pool.submit(_worker_parse, raw)))
             if len(ahead) > workers:
                 first, fut = ahead.popleft()
-                yield first, fut.result()
+                yield len(first), fut.result()
         while ahead:
             first, fut = ahead.popleft()
-            yield first, fut.result()
+            yield len(first), fut.result()
 
     def _recipe(self, plan: _Plan, options: ImportOptions, outer: Connection | None) -> "_Recipe | None":
         """What a worker process needs to build whole rows, when this run can use them: rows
@@ -767,13 +783,14 @@ class Importer:
         return _Recipe(
             columns=plan.columns, users=plan.users, fields={f.name: f for f in v.spec.live_fields}, entity=v.spec.name, table=t.name, types=[t.c[n].type for n in plan.order],
             dialect=self.runtime.dialect, keyring=self.runtime.keyring, key=plan.key, fills=fills, headers=plan.headers,
-            refs=[f.name for f in v.spec.live_fields if f.type == "ref"], order=plan.order, user_id=v.principal.user_id,
+            refs=[f.name for f in v.spec.live_fields if f.type == "ref"], order=plan.order, user_id=v.principal.user_id, delimiter=plan.delimiter,
         )
 
     def _built(
-        self, plan: _Plan, recipe: "_Recipe", batches: Iterator[list[tuple[int, list[Any]]]], pool: ProcessPoolExecutor, workers: int, state: "_State"
-    ) -> Iterator[tuple[list[tuple[int, list[Any]]], list[_Row]]]:
-        """(raw batch, rows) in file order, the new rows built by worker processes: each batch
+        self, plan: _Plan, recipe: "_Recipe", batches: Iterator["_Batch"], pool: ProcessPoolExecutor, workers: int, state: "_State"
+    ) -> Iterator[tuple[int, list[_Row]]]:
+        """(rows of the file read, rows) in file order, the new rows built by worker processes
+        from batches of file rows or of a plain CSV text's lines (``Source.line_batches``): each batch
         goes out with ids reserved for all its rows (those a row does not use stay unused) and
         the batch's time stamp, and comes back as bound rows ready for the database, their keys,
         and their errors. Rows naming references by title are parsed here, as without workers.
@@ -787,9 +804,9 @@ class Importer:
         ahead: collections.deque[_Ahead] = collections.deque()
 
         def build_here(item: _Ahead) -> None:
-            item.result = _build_batch(recipe, processors, plan.memo, item.raw, item.ids, item.now)
+            item.result = _build_batch(recipe, processors, plan.memo, _file_rows(item.batch, recipe.delimiter), item.ids, item.now)
 
-        def done() -> tuple[list[tuple[int, list[Any]]], list[_Row]]:
+        def done() -> tuple[int, list[_Row]]:
             first = ahead[0]
             while first.result is None and first.future is not None and not first.future.done():
                 spare = next((item for item in reversed(ahead) if item.future is not None and item.future.cancel()), None)
@@ -804,12 +821,13 @@ class Importer:
                     first.result = first.future.result()
             ahead.popleft()
             assert first.result is not None
-            return first.raw, self._rows_built(plan, first.raw, first.ids, first.result)
+            return len(first.result), self._rows_built(plan, first.batch, first.ids, first.result)
 
-        for number, raw in enumerate(batches):
-            item = _Ahead(raw, self._ids(plan, state, len(raw), len(raw)), utcnow())
+        for number, batch in enumerate(batches):
+            size = len(batch.lines) if isinstance(batch, _Lines) else len(batch)
+            item = _Ahead(batch, self._ids(plan, state, size, size), utcnow())
             if number:  # the first is built here (in ``done``) while the worker starts
-                item.future = pool.submit(_worker_build, raw, item.ids, item.now)
+                item.future = pool.submit(_worker_build, batch, item.ids, item.now)
             ahead.append(item)
             # a batch with each worker, one waiting for each, one more to share
             if len(ahead) > 2 * workers + 1:
@@ -817,18 +835,25 @@ class Importer:
         while ahead:
             yield done()
 
-    def _rows_built(self, plan: _Plan, raw: list[tuple[int, list[Any]]], ids: list[int], results: list[tuple[Any, ...]]) -> list[_Row]:
+    def _rows_built(self, plan: _Plan, batch: "_Batch", ids: list[int], results: list[tuple[Any, ...]]) -> list[_Row]:
+        """Rows of a built batch; those naming references by title are parsed here. A row's
+        ``source`` is its cells, or its line (split only if the preview shows it)."""
         name = plan.key.name if plan.key is not None else None
         rows: list[_Row | None] = []
         append = rows.append
         here: list[tuple[int, list[Any]]] = []
-        for (number, cells), rid, (row_key, key_cell, errors, line, refs) in zip(raw, ids, results):
+        if isinstance(batch, _Lines):
+            lines, first = batch.lines, batch.first
+            sources: list[Any] = [lines[r[0] - first] for r in results]
+        else:
+            sources = [cells for _, cells in batch]
+        for rid, source, (number, row_key, key_cell, errors, line, refs) in zip(ids, sources, results):
             if line is None and not errors:
                 append(None)
-                here.append((number, cells))
+                here.append((number, source.split(plan.delimiter) if isinstance(source, str) else source))
                 continue
             # number, cells, values, key, target, inserted, merged, record, rid, keyed, source, errors
-            append(_Row(number, {name: key_cell} if name else {}, refs, row_key, None, False, False, line, rid, True, cells, list(errors)))
+            append(_Row(number, {name: key_cell} if name else {}, refs, row_key, None, False, False, line, rid, True, source, list(errors)))
         if here:
             parsed = iter(_parse_batch(plan.columns, plan.users, here, plan.memo))
             rows = [r if r is not None else next(parsed) for r in rows]
@@ -900,7 +925,7 @@ class Importer:
                             sp.rollback()
                     self._progress(None, job.id, rows, state, written, raw_count, plan)
                 else:
-                    with self._batch_transaction() as conn:
+                    with self._batch_transaction(state.batches) as conn:
                         written = self._write(plan, job, options, todo, conn)
                         if options.dry_run:
                             raise _DryRun()
@@ -925,26 +950,14 @@ class Importer:
             return
 
     @contextlib.contextmanager
-    def _batch_transaction(self) -> Iterator[Connection]:
-        """A batch's write transaction. On SQLite its commit copies the write-ahead log into the
-        database file only once the log holds ``_CHECKPOINT_PAGES`` pages, not SQLite's default
-        1,000 (about two batches): each checkpoint rewrites the index pages every batch touches,
-        and a commit that checkpoints cost 10.5 µs a row against 3.6–4.4 µs (2,000-row batches).
-        The connection gets its own setting back; ``_pipeline`` checkpoints at the end of a job."""
-        if self.runtime.dialect != "sqlite":
-            with self.runtime.begin() as conn:
+    def _batch_transaction(self, batches: "_SqliteBatches | None") -> Iterator[Connection]:
+        """A batch's write transaction: on SQLite, through the job's ``_SqliteBatches``."""
+        if batches is not None:
+            with batches.transaction() as conn:
                 yield conn
             return
-        with self.runtime.write_engine.connect() as conn:
-            raw: Any = conn.connection.dbapi_connection  # pragmas outside any transaction
-            before = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-            raw.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
-            try:
-                with conn.begin():
-                    yield conn
-            finally:
-                if not conn.invalidated:
-                    raw.execute(f"PRAGMA wal_autocheckpoint={before}")
+        with self.runtime.begin() as conn:
+            yield conn
 
     def _resolve_titles(self, plan: _Plan, rows: list[_Row]) -> None:
         """Reference cells given as titles (e.g. a branch name) become ids, within the writer's
@@ -1257,11 +1270,10 @@ class Importer:
                 for chunk in _chunks(ids, 1000):
                     for r in conn.execute(select(t.c.id).where(member_of(t.c.id, chunk, self.runtime.dialect), not_(clause))):
                         bad[number[r.id]] = f"this row would put the {v.spec.name} outside what you may {action}"
-        rule_check = _rule_checker()
-        if rule_check is not None:
+        if plan.rule_check is not None:
             number = {r.target: r.number for r in new + old if r.target}
             if number:
-                for rid, problems in rule_check(conn, v.snap, v.spec, t, list(number)).items():
+                for rid, problems in plan.rule_check(conn, [int(n) for n in number if n]).items():
                     bad.setdefault(number[rid], "; ".join(f"{p['field']}: {p['message']}" for p in problems))
         if bad:
             raise _Redo(bad)
@@ -1309,7 +1321,8 @@ class Importer:
         out: dict[str, Any] = {"_row": row.number, "_action": action}
         values = row.values
         if row.source is not None:  # built by a worker, which sent no values: the same again here
-            again = _parse_batch(plan.columns, plan.users, [(row.number, row.source)])[0]
+            cells = row.source.split(plan.delimiter) if isinstance(row.source, str) else row.source
+            again = _parse_batch(plan.columns, plan.users, [(row.number, cells)])[0]
             self._complete(plan, again)
             values = again.values
         for name, value in values.items():
@@ -1425,6 +1438,58 @@ def _validated(header: str, f: FieldSpec, value: Any) -> tuple[Any, tuple[tuple[
     return out, ()
 
 
+class _SqliteBatches:
+    """SQLite: the write connection of a job's batches, each batch's commit made by a thread of
+    its own while the job's thread prepares the next batch. A commit is one call into SQLite,
+    which runs without the GIL (about 12 ms a 2,000-row batch, 50 ms when it checkpoints); the
+    next batch's transaction begins once it is done, so batches commit one at a time and in
+    file order. A commit that fails fails the job at the next batch (or at the end); the batch's
+    progress was in its transaction, so the job resumes at that batch.
+
+    The commits copy the write-ahead log into the database file only once the log holds
+    ``_CHECKPOINT_PAGES`` pages, not SQLite's default 1,000 (about two batches): each checkpoint
+    rewrites the index pages every batch touches, and a commit that checkpoints cost 10.5 µs a
+    row against 3.6–4.4 µs (2,000-row batches). The connection gets its own setting back at
+    ``close``; ``Importer._pipeline`` then checkpoints what the log holds."""
+
+    def __init__(self, engine: Any) -> None:
+        self.conn = engine.connect()
+        raw: Any = self.conn.connection.dbapi_connection  # pragmas outside any transaction
+        self._before = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        raw.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="fincrm-import-commit")
+        self._pending: Future[None] | None = None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        self.settle()
+        transaction = self.conn.begin()
+        try:
+            yield self.conn
+        except BaseException:
+            transaction.rollback()
+            raise
+        self._pending = self._committer.submit(transaction.commit)
+
+    def settle(self) -> None:
+        """Wait for the last batch's commit; raise its failure."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.settle()
+        finally:
+            self._committer.shutdown()
+            try:
+                if not self.conn.invalidated and not self.conn.in_transaction():
+                    raw: Any = self.conn.connection.dbapi_connection
+                    raw.execute(f"PRAGMA wal_autocheckpoint={self._before}")
+            finally:
+                self.conn.close()
+
+
 _CHECKPOINT_PAGES = 10_000  # SQLite: write-ahead log pages (4 KiB) a batch's commit lets pile up
 _IDS_AHEAD = 100_000  # rows an import reserves ids for in one transaction
 _GC_THRESHOLD = 50_000  # allocations between young-generation collections while importing
@@ -1498,7 +1563,7 @@ def _worker_parse(raw: list[tuple[int, list[Any]]]) -> list[_Row]:
 class _Ahead:
     """A batch on its way to being built (``Importer._built``)."""
 
-    raw: list[tuple[int, list[Any]]]
+    batch: "_Batch"
     ids: list[int]
     now: dt.datetime
     future: Future[list[tuple[Any, ...]]] | None = None
@@ -1525,6 +1590,7 @@ class _Recipe:
     refs: list[str]  # reference fields: their values go back for the parent's existence check
     order: list[str]
     user_id: int | None
+    delimiter: str  # the CSV file's (``_Lines``)
 
 
 def _builder_init(recipe: _Recipe, importer: int) -> None:
@@ -1544,16 +1610,32 @@ def _recipe_processors(recipe: _Recipe) -> list[Callable[[Any], Any] | None]:
     return _processors(recipe.types, dialect)
 
 
-def _worker_build(raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.datetime) -> list[tuple[Any, ...]]:
-    return _build_batch(_WORKER["recipe"], _WORKER["processors"], _WORKER["memo"], raw, ids, now)
+def _worker_build(batch: "_Batch", ids: list[int], now: dt.datetime) -> list[tuple[Any, ...]]:
+    recipe = _WORKER["recipe"]
+    return _build_batch(recipe, _WORKER["processors"], _WORKER["memo"], _file_rows(batch, recipe.delimiter), ids, now)
+
+
+@dataclass(slots=True)
+class _Lines:
+    """Lines of a plain CSV text (``Source.line_batches``), the first being line ``first``."""
+
+    first: int
+    lines: list[str]
+
+
+_Batch = list[tuple[int, list[Any]]] | _Lines  # file rows (number, cells), or lines
+
+
+def _file_rows(batch: _Batch, delimiter: str) -> list[tuple[int, list[Any]]]:
+    return split_lines(batch.first, batch.lines, delimiter) if isinstance(batch, _Lines) else batch
 
 
 def _build_batch(
     r: _Recipe, processors: list[Callable[[Any], Any] | None], memo: dict[int, dict[Any, Any]], raw: list[tuple[int, list[Any]]], ids: list[int], now: dt.datetime
 ) -> list[tuple[Any, ...]]:
-    """A batch of file rows → per row (key, key cell, errors, bound row or None, reference
-    values), as the parent's own steps would make them (``_parse_batch``, ``_complete``,
-    ``_build``). A row naming a reference by title comes back as (None, None, (), None, None):
+    """A batch of file rows → per row (row number, key, key cell, errors, bound row or None,
+    reference values), as the parent's own steps would make them (``_parse_batch``, ``_complete``,
+    ``_build``). A row naming a reference by title comes back as (number, None, None, (), None, None):
     the parent resolves titles against the database and builds that row itself. Run by import
     workers (``_worker_build``) and by the job's process when it would otherwise wait."""
     key = r.key
@@ -1564,10 +1646,10 @@ def _build_batch(
     records: list[dict[str, Any]] = []
     for rid, row in zip(ids, rows):
         if row.errors:
-            out.append((None, None, tuple(row.errors), None, None))
+            out.append((row.number, None, None, tuple(row.errors), None, None))
             continue
         if r.refs and any(isinstance(row.cells.get(name), _Title) for name in r.refs):
-            out.append((None, None, (), None, None))
+            out.append((row.number, None, None, (), None, None))
             continue
         value = row.values.get(key.name) if key is not None else None
         row_key = None if key is None or value is None else _row_key(key, r.entity, r.keyring, value)
@@ -1581,14 +1663,14 @@ def _build_batch(
                 row.values[name] = fill
         key_cell = row.cells.get(key.name) if key is not None else None
         if errors:
-            out.append((row_key, key_cell, tuple(errors), None, None))
+            out.append((row.number, row_key, key_cell, tuple(errors), None, None))
             continue
         known = {key.name: row_key} if key is not None and key.encrypted and row_key else None
         records.append(_stamped(stored_values(r.fields.get, r.entity, r.table, r.keyring, rid, row.values, None, known), rid, stamps, empty))
         refs = {name: row.values[name] for name in r.refs if row.values.get(name) is not None}
-        out.append((row_key, key_cell, (), len(records) - 1, refs))
+        out.append((row.number, row_key, key_cell, (), len(records) - 1, refs))
     bound = _bind_rows(processors, r.order, records)
-    return [(k, cell, errors, None if i is None else bound[i], refs) for k, cell, errors, i, refs in out]
+    return [(number, k, cell, errors, None if i is None else bound[i], refs) for number, k, cell, errors, i, refs in out]
 
 
 def _key_cell(plan: _Plan, row: _Row) -> tuple[str | None, str | None]:
@@ -1815,10 +1897,11 @@ def _int_cell(cell: Any) -> int:
         raise FieldError("must be a record id") from None
 
 
-def _rule_checker() -> Callable[..., dict[int, list[dict[str, str]]]] | None:
-    """The data-quality rules' batch check, when that module is present."""
+def _rule_checker(v: _View, dialect: str) -> Callable[[Connection, list[int]], dict[int, list[dict[str, str]]]] | None:
+    """The entity's data-quality rules as a batch check, compiled once per run (when that
+    module is present)."""
     try:
         from ..quality import rules
     except ImportError:
         return None
-    return getattr(rules, "violations", None)
+    return rules.batch_check(v.snap, v.spec, v.table, dialect)

@@ -26,11 +26,12 @@ from typing import Any
 
 from ..errors import BadRequest
 
-__all__ = ["Source", "open_source", "MAX_COLUMNS", "MAX_CELL"]
+__all__ = ["Source", "open_source", "split_lines", "MAX_COLUMNS", "MAX_CELL"]
 
 MAX_COLUMNS = 500
 MAX_CELL = 32_767  # Excel's own cell limit; longer text is no spreadsheet cell
 _SAMPLE = 64 * 1024
+_CHUNK = 1 << 20  # characters of text read at a time
 _ZIP = b"PK\x03\x04"
 _OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
@@ -51,6 +52,9 @@ class Source:
     delimiter: str = ","
     headers: list[str] = field(default_factory=list)
     header_row: int = 1  # 1-based row number of the header in the file
+    # set by ``count``: a CSV text without quotes, NULs or lone carriage returns, whose rows
+    # are its lines (``line_batches``)
+    plain: bool = False
 
     def rows(self) -> Iterator[tuple[int, list[Any]]]:
         """(row number in the file, cells) for every non-empty row after the header."""
@@ -62,7 +66,7 @@ class Source:
                         yield reader.line_num, cells
             return
         for number, cells in _xlsx_rows(self.path):
-            if number > self.header_row and any(c not in (None, "") and not (isinstance(c, str) and not c.strip()) for c in cells):
+            if number > self.header_row and _filled(cells):
                 yield number, cells
 
     def count(self) -> int:
@@ -72,9 +76,64 @@ class Source:
         with open(self.path, encoding=self.encoding, newline="") as fh:
             lines = _count_lines(fh, self.delimiter)
         if lines is not None:
+            self.plain = True
             return lines - 1  # the header is the first non-empty row: the others follow it
         with self._csv() as reader:
             return sum(1 for cells in reader if "".join(cells).strip()) - 1
+
+    def line_batches(self, size: int, skip: int) -> Iterator[tuple[int, list[str]]]:
+        """A plain CSV text (see ``count``) as (number of the first line, lines) holding ``size``
+        of the rows ``rows`` yields each (the last may hold fewer), after the first ``skip``
+        rows; blank lines among them stay in (``split_lines`` leaves them out). Lines are not
+        split into cells here: an import's worker processes do that (``split_lines``), and
+        sending them one text line per row costs a fraction of sending cells."""
+        assert self.plain, "line_batches reads a file count() found plain"
+        delimiter = self.delimiter
+        # a line that may be blank: empty, or starting with white space or the delimiter (a
+        # pattern that starts with a plain character is searched for fast)
+        starts = f"[\\s{re.escape(delimiter)}]"
+        maybe_blank = re.compile(rf"\n{starts}")
+        first_blank = re.compile(starts)
+        batch: list[str] = []
+        first = number = self.header_row + 1  # the line number of batch[0]; of the next line
+        rows = 0
+        with open(self.path, encoding=self.encoding, newline="") as fh:
+            for text in _texts_after(fh, self.header_row):
+                lines = text.split("\n")
+                if text and not (first_blank.match(text) or maybe_blank.search(text) or text.endswith("\n")):  # every line a row: slices
+                    at = min(skip, len(lines))
+                    skip -= at
+                    number += at
+                    if not batch:
+                        first = number
+                    while at < len(lines):
+                        taken = lines[at : at + size - rows]
+                        batch += taken
+                        at += len(taken)
+                        number += len(taken)
+                        rows += len(taken)
+                        if rows == size:
+                            yield first, batch
+                            batch, rows, first = [], 0, number
+                    continue
+                for line in lines:
+                    number += 1
+                    if not line or (line[0].isspace() or line[0] == delimiter) and _blank(line, delimiter):
+                        if batch:
+                            batch.append(line)
+                        else:
+                            first = number
+                    elif skip:
+                        skip -= 1
+                        first = number
+                    else:
+                        batch.append(line)
+                        rows += 1
+                        if rows == size:
+                            yield first, batch
+                            batch, rows, first = [], 0, number
+        if rows:
+            yield first, batch
 
     def _raw_rows(self) -> Iterator[tuple[int, list[Any]]]:
         if self.format == "xlsx":
@@ -104,7 +163,7 @@ def _count_lines(fh: Any, delimiter: str) -> int | None:
     edge = re.compile(rf"\n(?=[\s{re.escape(delimiter)}])")  # a line starting so (its \n before it)
     rows = 0
     tail = "\n"  # as if a line ended before the first
-    while chunk := fh.read(1 << 20):
+    while chunk := fh.read(_CHUNK):
         text = tail + chunk
         if '"' in text or "\x00" in text:
             return None
@@ -121,6 +180,49 @@ def _count_lines(fh: Any, delimiter: str) -> int | None:
     if tail.endswith("\r"):
         return None  # a lone CR at the very end
     return rows + bool(tail.replace(delimiter, "").strip())
+
+
+def _texts_after(fh: Any, header_row: int) -> Iterator[str]:
+    """The lines of a plain CSV text after its first ``header_row`` lines, a few thousand at a
+    time: whole lines joined by ``\n`` (CRLF line ends become LF), never an empty text for
+    no lines."""
+    tail = ""
+    skip = header_row
+    while chunk := fh.read(_CHUNK):
+        text = tail + chunk
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")  # a CR at the very end is kept in the tail
+        cut = text.rfind("\n")
+        if cut < 0:
+            tail = text
+            continue
+        text, tail = text[:cut], text[cut + 1 :]
+        if skip:
+            count = text.count("\n") + 1
+            if skip >= count:
+                skip -= count
+                continue
+            at = 0
+            for _ in range(skip):
+                at = text.index("\n", at) + 1
+            text, skip = text[at:], 0
+        yield text
+    if tail and not skip:
+        yield tail
+
+
+def _filled(cells: list[Any]) -> bool:
+    """Whether a row has a cell with more than white space in it."""
+    return any(c not in (None, "") and not (isinstance(c, str) and not c.strip()) for c in cells)
+
+
+def _blank(line: str, delimiter: str) -> bool:
+    return not line.replace(delimiter, "").strip()
+
+
+def split_lines(first: int, lines: list[str], delimiter: str) -> list[tuple[int, list[str]]]:
+    """``Source.line_batches`` lines → (row number, cells) as ``Source.rows`` gives them."""
+    return [(number, line.split(delimiter)) for number, line in enumerate(lines, first) if line and not _blank(line, delimiter)]
 
 
 def _xlsx_rows(path: Path) -> Iterator[tuple[int, list[Any]]]:
@@ -214,7 +316,7 @@ def _sniff_delimiter(sample: str) -> str:
 
 def _read_header(src: Source) -> None:
     for number, cells in src._raw_rows():
-        if not any(c not in (None, "") for c in cells):
+        if not _filled(cells):  # the header is the first row ``Source.rows`` would not skip
             continue
         if len(cells) > MAX_COLUMNS:
             raise _file_error(f"the file has {len(cells)} columns; at most {MAX_COLUMNS} are read")

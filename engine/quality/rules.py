@@ -14,9 +14,10 @@ readable); reports compile them as the reader does (see ``engine.quality.report`
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, Table, and_, case, false, func, not_, or_, select, true
+from sqlalchemy import Connection, Table, and_, bindparam, case, false, func, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import InvalidFilter, ValidationFailed
@@ -24,7 +25,7 @@ from ..meta.spec import EntitySpec, FieldSpec, RuleSpec
 from ..store.query import FilterContext, compile_filter
 from ..store.sets import member_of
 
-__all__ = ["rule_violation", "system_context", "rules_for", "violations", "check_written", "CHUNK"]
+__all__ = ["rule_violation", "system_context", "rules_for", "violations", "batch_check", "check_written", "CHUNK"]
 
 CHUNK = 1000  # record ids per statement
 
@@ -65,26 +66,49 @@ def violations(
     conn: Connection, snap: Any, spec: EntitySpec, table: Table, ids: builtins.list[int], *, rules: builtins.list[RuleSpec] | None = None
 ) -> dict[int, builtins.list[dict[str, str]]]:
     """``{record id: [{"field", "message", "rule"}, …]}`` for the records among ``ids`` that
-    break a rule (all of the entity's, or ``rules``); one statement per 1000 ids. The message
-    is the rule's English one (the rule's label and Chinese text are in the metadata)."""
+    break a rule (all of the entity's, or ``rules``); one statement per 1000 ids (a run of
+    consecutive ids, an import batch's, is one statement). The message is the rule's English one
+    (the rule's label and Chinese text are in the metadata)."""
+    return batch_check(snap, spec, table, conn.dialect.name, rules)(conn, ids)
+
+
+def batch_check(
+    snap: Any, spec: EntitySpec, table: Table, dialect: str, rules: builtins.list[RuleSpec] | None = None
+) -> Callable[[Connection, builtins.list[int]], dict[int, builtins.list[dict[str, str]]]]:
+    """:func:`violations` with the rules compiled once, for a caller checking batch after batch
+    (an import: building the rules' expressions was two thirds of the check's time)."""
     chosen = list(spec.rules) if rules is None else rules
-    out: dict[int, builtins.list[dict[str, str]]] = {}
-    if not chosen or not ids:
-        return out
-    ctx = system_context(snap, spec, table, conn.dialect.name)
+    if not chosen:
+        return lambda conn, ids: {}
+    ctx = system_context(snap, spec, table, dialect)
     clauses = [rule_violation(ctx, r) for r in chosen]
     flags = [case((c, 1), else_=0).label(f"r{i}") for i, c in enumerate(clauses)]
-    unique_ids = sorted(set(ids))
-    for start in range(0, len(unique_ids), CHUNK):
-        chunk = unique_ids[start : start + CHUNK]
-        stmt = select(table.c.id, *flags).where(member_of(table.c.id, chunk, conn.dialect.name), or_(*clauses))
-        for row in conn.execute(stmt):
-            found = out.setdefault(int(row[0]), [])
-            for i, rule in enumerate(chosen):
-                if row[i + 1]:
-                    message = f"{rule.message.en} (rule {rule.name})"
-                    found += [{"field": f, "message": message, "rule": rule.name} for f in rule.fields]
-    return out
+    broken = or_(*clauses)
+    lo, hi = bindparam("lo", type_=table.c.id.type), bindparam("hi", type_=table.c.id.type)
+    in_range = select(table.c.id, *flags).where(table.c.id.between(lo, hi), broken)
+    found_by = [[{"field": f, "message": f"{rule.message.en} (rule {rule.name})", "rule": rule.name} for f in rule.fields] for rule in chosen]
+
+    def check(conn: Connection, ids: builtins.list[int]) -> dict[int, builtins.list[dict[str, str]]]:
+        out: dict[int, builtins.list[dict[str, str]]] = {}
+        if not ids:
+            return out
+        unique_ids = sorted(set(ids))
+        if unique_ids[-1] - unique_ids[0] + 1 == len(unique_ids):
+            statements = [(in_range, {"lo": unique_ids[0], "hi": unique_ids[-1]})]
+        else:
+            statements = [
+                (select(table.c.id, *flags).where(member_of(table.c.id, unique_ids[start : start + CHUNK], dialect), broken), {})
+                for start in range(0, len(unique_ids), CHUNK)
+            ]
+        for stmt, params in statements:
+            for row in conn.execute(stmt, params):
+                found = out.setdefault(int(row[0]), [])
+                for i, entries in enumerate(found_by):
+                    if row[i + 1]:
+                        found += [dict(d) for d in entries]
+        return out
+
+    return check
 
 
 def check_written(conn: Connection, snap: Any, spec: EntitySpec, table: Table, record_id: int, changed: Iterable[str] | None = None) -> None:
