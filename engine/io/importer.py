@@ -864,7 +864,7 @@ class Importer:
         the database when ``look_up``), conflicts; ``early``: also the new rows' stored values,
         with ids reserved now (not in the write transaction: a batch the database refuses keeps
         them for its retry)."""
-        self._resolve_titles(plan, rows)
+        self._resolve_titles(plan, [r for r in rows if not r.keyed])  # a worker builds no row naming a title
         self._match(plan, options, [r for r in rows if not r.errors], state.seen, look_up)
         for row in rows:
             if row.errors or row.target == -1:
