@@ -914,6 +914,8 @@ class Importer:
         A batch whose keys were not looked up (``looked_up``) that the key's unique constraint
         refuses is redone after the lookup, and so is every later batch of the run."""
         early = _early(options, outer)
+        if state.batches is not None:
+            state.batches.settle()  # the last batch's commit, and its failure, are not this batch's
         while True:
             todo = [r for r in rows if not r.errors and r.target != -1]
             written: dict[str, list[_Row]] = {"inserted": [], "updated": []}
