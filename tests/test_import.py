@@ -657,6 +657,8 @@ def test_ids_for_a_run_are_reserved_at_once_not_per_batch(app: Any, client: Any,
     rest = [allocator.take("import_ids_test", 2) for _ in range(3)]
     assert reserved == [1000]  # a block covers the seven
     assert first + [i for r in rest for i in r] == list(range(first[0], first[0] + 8))
+    assert allocator.cached("import_ids_test") == 1000 - 8  # what a take gives without a reservation
+    assert allocator.cached("import_ids_never_taken") == 0
     reserved.clear()
     allocator.take("import_ids_test_big", 3, ahead=5000)
     for _ in range(13):  # 5,203 in all

@@ -40,6 +40,12 @@ class IdAllocator:
                 self._ranges[name] = (nxt + k, end)
         return out
 
+    def cached(self, name: str) -> int:
+        """How many ids ``take`` can give for ``name`` without a reservation."""
+        with self._lock:
+            nxt, end = self._ranges.get(name, (0, 0))
+            return max(end - nxt, 0)
+
     def take_in(self, conn: Connection, name: str, n: int) -> list[int]:
         """``n`` ids reserved through the caller's open write transaction (jobs and triggers that
         insert inside one): they are not cached, as a rollback gives them back."""
