@@ -118,7 +118,7 @@ class Source:
                     continue
                 for line in lines:
                     number += 1
-                    if not line or (line[0].isspace() or line[0] == delimiter) and _blank(line, delimiter):
+                    if _blank(line, delimiter):
                         if batch:
                             batch.append(line)
                         else:
@@ -175,11 +175,11 @@ def _count_lines(fh: Any, delimiter: str) -> int | None:
         for m in edge.finditer(text, 0, cut + 1):
             start = m.start() + 1
             line = text[start : text.index("\n", start)]
-            rows -= not line.replace(delimiter, "").strip()
+            rows -= _blank(line, delimiter)
         text, tail = "", text[cut:]
     if tail.endswith("\r"):
         return None  # a lone CR at the very end
-    return rows + bool(tail.replace(delimiter, "").strip())
+    return rows + (not _blank(tail, delimiter))
 
 
 def _texts_after(fh: Any, header_row: int) -> Iterator[str]:
@@ -217,12 +217,14 @@ def _filled(cells: list[Any]) -> bool:
 
 
 def _blank(line: str, delimiter: str) -> bool:
+    """Whether a line of a plain CSV text is a row ``Source.rows`` skips (only delimiters and
+    white space)."""
     return not line.replace(delimiter, "").strip()
 
 
 def split_lines(first: int, lines: list[str], delimiter: str) -> list[tuple[int, list[str]]]:
     """``Source.line_batches`` lines → (row number, cells) as ``Source.rows`` gives them."""
-    return [(number, line.split(delimiter)) for number, line in enumerate(lines, first) if line and not _blank(line, delimiter)]
+    return [(number, line.split(delimiter)) for number, line in enumerate(lines, first) if not _blank(line, delimiter)]
 
 
 def _xlsx_rows(path: Path) -> Iterator[tuple[int, list[Any]]]:
